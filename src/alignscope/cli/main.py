@@ -1,0 +1,44 @@
+"""The `alignscope` command. Each subcommand lives in its own module under `alignscope.cli`
+and exposes `register(subparsers)`; user errors become a message and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from alignscope.errors import AlignscopeError
+
+# Modules under alignscope.cli, each with register(subparsers).
+COMMAND_MODULES = ["data"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alignscope",
+        description="Align language models from preference data, and find the pitfalls that make alignment fail.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"alignscope.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except AlignscopeError as e:
+        print(f"alignscope: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("alignscope: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
