@@ -95,6 +95,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
+        if isinstance(value, str) and hasattr(tp, "from_str"):
+            return tp.from_str(value)
         if not isinstance(value, dict):
             raise ConfigError(f"'{where}' must be a mapping of options, got {value!r}")
         return build_config(tp, value, prefix=where + ".")

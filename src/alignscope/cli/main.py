@@ -10,7 +10,7 @@ import sys
 from alignscope.errors import AlignscopeError
 
 # Modules under alignscope.cli, each with register(subparsers).
-COMMAND_MODULES = ["data"]
+COMMAND_MODULES = ["data", "train", "audit"]
 
 
 def build_parser() -> argparse.ArgumentParser:

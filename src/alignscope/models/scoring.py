@@ -24,6 +24,7 @@ class ScoreOutput:
     token_logps: list[torch.Tensor] | None = None  # N tensors of shape [|y_i|]
     hidden_sum: torch.Tensor | None = None  # [N, d] sum of final-norm hidden states predicting y
     last_hidden: torch.Tensor | None = None  # [N, d] final-norm hidden state at the last token
+    token_hidden: list[torch.Tensor] | None = None  # N tensors [|y_i|, d]: per-token states (value heads)
 
     @property
     def mean_logps(self) -> torch.Tensor:
@@ -74,6 +75,36 @@ def pad_batch(
     return input_ids.to(device), attn.to(device), position_ids.to(device), pred.to(device)
 
 
+class Scorer(nn.Module):
+    """Makes scoring the forward of a module, so DDP/FSDP wrappers see it and sync gradients.
+
+    Train a `Scorer(lm)` (wrapped by accelerate) and pass it to `score_batch`; a bare causal LM
+    works too wherever no wrapper is involved (evaluation, audits).
+    """
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids, attention_mask, position_ids, pred, compute_logps: bool, chunk_tokens: int):
+        return _score_forward(self.lm, input_ids, attention_mask, position_ids, pred, compute_logps, chunk_tokens)
+
+
+def _score_forward(lm, input_ids, attn, pos, pred, compute_logps: bool, chunk_tokens: int):
+    body, head = body_and_head(lm)
+    hidden = body(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
+    targets = torch.roll(input_ids, shifts=-1, dims=1)[pred]
+    flat_h = hidden[pred]
+    cap = getattr(unwrap_model(lm).config, "final_logit_softcapping", None)
+    parts = [flat_h.new_zeros(0 if compute_logps else flat_h.shape[0], dtype=torch.float32)]
+    for s in range(0, flat_h.shape[0] if compute_logps else 0, chunk_tokens):
+        logits = head(flat_h[s : s + chunk_tokens]).float()
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        parts.append(torch.log_softmax(logits, dim=-1).gather(-1, targets[s : s + chunk_tokens, None]).squeeze(-1))
+    return torch.cat(parts), flat_h, hidden
+
+
 def score_batch(
     model: nn.Module,
     prompt_ids: list[list[int]],
@@ -83,38 +114,37 @@ def score_batch(
     padding_side: str = "right",
     return_token_logps: bool = False,
     return_hidden: bool = False,
+    return_token_hidden: bool = False,
+    compute_logps: bool = True,
     chunk_tokens: int = 2048,
 ) -> ScoreOutput:
     """Score a batch; differentiable when called under grad (training), cheap under no_grad.
 
-    Every response must be non-empty and every prompt must have at least one token (the first
-    response token needs a position that predicts it).
+    `model` is a causal LM or a (possibly wrapped) `Scorer`. `compute_logps=False` skips the
+    unembedding. Every response must be non-empty and every prompt must have at least one
+    token (the first response token needs a position that predicts it).
     """
     if any(len(p) == 0 for p in prompt_ids):
         raise ValueError("every prompt needs at least one token (add a BOS token to empty prompts)")
     if any(len(r) == 0 for r in response_ids):
         raise ValueError("every response needs at least one token")
-    body, head = body_and_head(model)
-    device = head.weight.device
+    inner = model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+    lm = inner.lm if isinstance(inner, Scorer) else model
+    device = body_and_head(lm)[1].weight.device
     input_ids, attn, pos, pred = pad_batch(prompt_ids, response_ids, pad_id, padding_side, device)
-    hidden = body(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
-    targets = torch.roll(input_ids, shifts=-1, dims=1)[pred]
-    flat_h = hidden[pred]
-    seq_idx = torch.arange(len(prompt_ids), device=device).unsqueeze(1).expand_as(pred)[pred]
-    cap = getattr(unwrap_model(model).config, "final_logit_softcapping", None)
-    parts = []
-    for s in range(0, flat_h.shape[0], chunk_tokens):
-        logits = head(flat_h[s : s + chunk_tokens]).float()
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        parts.append(torch.log_softmax(logits, dim=-1).gather(-1, targets[s : s + chunk_tokens, None]).squeeze(-1))
-    tok_lp = torch.cat(parts)
+    if isinstance(inner, Scorer):
+        tok_lp, flat_h, hidden = model(input_ids, attn, pos, pred, compute_logps, chunk_tokens)
+    else:
+        tok_lp, flat_h, hidden = _score_forward(model, input_ids, attn, pos, pred, compute_logps, chunk_tokens)
     n = len(prompt_ids)
+    seq_idx = torch.arange(n, device=device).unsqueeze(1).expand_as(pred)[pred]
     counts = torch.tensor([len(r) for r in response_ids], device=device)
     logps = torch.zeros(n, device=device, dtype=tok_lp.dtype).index_add(0, seq_idx, tok_lp)
     out = ScoreOutput(logps=logps, n_tokens=counts)
     if return_token_logps:
         out.token_logps = list(torch.split(tok_lp, counts.tolist()))
+    if return_token_hidden:
+        out.token_hidden = list(torch.split(flat_h, counts.tolist()))
     if return_hidden:
         hf = flat_h.float()
         out.hidden_sum = torch.zeros(n, hf.shape[-1], device=device, dtype=hf.dtype).index_add(0, seq_idx, hf)

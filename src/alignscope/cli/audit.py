@@ -1,0 +1,97 @@
+"""`alignscope audit data` (CHES data audit and filter) and `alignscope audit rm` (teacher audit)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("audit", help="audit preference data (CHES) or reward models (reward variance)")
+    s = p.add_subparsers(dest="audit_command", metavar="WHAT", required=True)
+
+    d = s.add_parser("data", help="per-pair CHES, edit distance, log-probs; dataset findings; --filter",
+                     description="Score every pair once with the model and report the pairs likely to cause likelihood displacement.")
+    d.add_argument("--model", required=True, help="model folder, .gguf, 'smollm2', 'lab:small', or a cached hub id")
+    d.add_argument("--data", required=True, help="pairwise data file")
+    d.add_argument("--format", help="override format detection")
+    d.add_argument("--map", action="append", default=[], metavar="NEW=OLD", help="rename a column (repeatable)")
+    d.add_argument("--out", default="audit/ches.csv", help="per-pair table (.csv or .parquet)")
+    d.add_argument("--filter", metavar="KIND:VALUE", help="write a filtered dataset: drop:0.1 (top 10%% LN-CHES), threshold:0.5, keep-lowest:0.05")
+    d.add_argument("--filtered-out", default=None, help="where the filtered dataset goes (default: beside --out)")
+    d.add_argument("--limit", type=int, help="audit only the first N pairs")
+    d.add_argument("--batch-size", type=int, default=16)
+    d.add_argument("--max-length", type=int, default=1024)
+    d.add_argument("--max-prompt-length", type=int, default=512)
+    d.set_defaults(func=run_data)
+
+    r = s.add_parser("rm", help="reward variance and accuracy of reward models under a policy: the teacher table",
+                     description="Sample n responses per prompt from the policy and rank the reward models as teachers.")
+    r.add_argument("--rm", nargs="+", required=True, help="reward models: folders, module:function, or lab:gold")
+    r.add_argument("--policy", required=True, help="policy model spec")
+    r.add_argument("--prompts", required=True, help="prompt file")
+    r.add_argument("--pairs", help="pairwise data for off-policy accuracy")
+    r.add_argument("--gold", help="gold reward (module:function or lab:gold) for on-policy accuracy")
+    r.add_argument("--n", type=int, default=10, help="samples per prompt")
+    r.add_argument("--limit", type=int, default=100, help="number of prompts")
+    r.add_argument("--max-new-tokens", type=int, default=32)
+    r.add_argument("--threshold", type=float, default=0.1, help="standardised variance below which a prompt is 'low variance'")
+    r.add_argument("--out", default="audit", help="output folder (reward_variance.json, teacher_table.json)")
+    r.add_argument("--seed", type=int, default=0)
+    r.set_defaults(func=run_rm)
+
+
+def _mapping(items: list[str]) -> dict[str, str] | None:
+    from alignscope.errors import ConfigError
+
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise ConfigError(f"--map '{it}' is not NEW=OLD", "write e.g. --map chosen=response_a")
+        k, v = it.split("=", 1)
+        out[k] = v
+    return out or None
+
+
+def run_data(args: argparse.Namespace) -> int:
+    from alignscope.data import load_data
+    from alignscope.diagnostics.data_audit import apply_filter, audit_pairs, format_summary, write_table
+    from alignscope.models.loading import load_model_and_tokenizer
+
+    data = load_data(args.data, format=args.format, mapping=_mapping(args.map))
+    pairs = data.examples[: args.limit] if args.limit else data.examples
+    model, tok = load_model_and_tokenizer(args.model)
+    audit = audit_pairs(model, tok, pairs, batch_size=args.batch_size, max_length=args.max_length, max_prompt_length=args.max_prompt_length)
+    out = Path(args.out)
+    msg = []
+    if args.filter:
+        target = Path(args.filtered_out) if args.filtered_out else out.with_name(out.stem + ".filtered.jsonl")
+        kept, dropped, n_drop = apply_filter(audit, pairs, args.filter, target)
+        msg.append(f"filter {args.filter}: kept {len(pairs) - n_drop} pairs -> {kept}; dropped {n_drop} -> {dropped}")
+    for row in audit.rows:
+        row.setdefault("flagged", False)
+    write_table(audit.rows, out)
+    print(format_summary(audit))
+    print(f"per-pair table: {out}")
+    for m in msg:
+        print(m)
+    return 0
+
+
+def run_rm(args: argparse.Namespace) -> int:
+    from alignscope.data import load_data
+    from alignscope.diagnostics.rm_audit import audit_reward_models, format_table, write_outputs
+    from alignscope.models.loading import load_model_and_tokenizer
+    from alignscope.training.rl import resolve_reward
+
+    prompts = [ex.prompt for ex in load_data(args.prompts).examples][: args.limit]
+    pairs = load_data(args.pairs).examples if args.pairs else None
+    policy, tok = load_model_and_tokenizer(args.policy)
+    rms = {spec: resolve_reward(spec) for spec in args.rm}
+    gold = resolve_reward(args.gold) if args.gold else None
+    result = audit_reward_models(rms, policy, tok, prompts, n=args.n, pairs=pairs, gold=gold,
+                                 max_new_tokens=args.max_new_tokens, threshold=args.threshold, seed=args.seed)
+    write_outputs(result, Path(args.out))
+    print(format_table(result))
+    print(f"written: {Path(args.out) / 'teacher_table.json'}, {Path(args.out) / 'reward_variance.json'}")
+    return 0

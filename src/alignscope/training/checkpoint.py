@@ -1,0 +1,120 @@
+"""Atomic checkpoints: a run killed at any moment resumes from the last complete one.
+
+A checkpoint is a folder `checkpoint-<step>` holding the trainable weights (safetensors), the
+optimizer and scheduler states, RNG states and the data position. It is written into a temp
+folder and renamed into place, and carries a `complete.json` written last; a folder without a
+valid `complete.json` is partial or corrupt and is skipped with a message.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from alignscope.errors import TrainingError
+
+MARKER = "complete.json"
+
+
+def rng_state() -> dict[str, Any]:
+    """Python and NumPy RNG states as JSON-able lists (so no pickle is ever loaded)."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": [version, list(internal), gauss], "numpy": [name, keys.tolist(), pos, has_gauss, cached]}
+
+
+def set_rng_state(state: dict[str, Any], torch_state: torch.Tensor) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch_state)
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+    keep_last: int = 2,
+) -> Path:
+    """Write checkpoint-<step> atomically and delete all but the newest `keep_last`."""
+    run_dir = Path(run_dir)
+    final = run_dir / f"checkpoint-{step}"
+    tmp = run_dir / f".tmp-checkpoint-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tensors = trainable_state(model)
+    # safetensors refuses shared storage (tied embeddings): store a copy per name.
+    save_file({k: v.clone() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()},
+        tmp / "trainer_state.pt",
+    )
+    (tmp / "state.json").write_text(json.dumps({**state, "rng": rng_state()}))
+    (tmp / MARKER).write_text(json.dumps({"step": step}))
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    out = []
+    for p in Path(run_dir).glob("checkpoint-*"):
+        try:
+            out.append((int(p.name.split("-")[1]), p))
+        except ValueError:
+            continue
+    return [p for _, p in sorted(out)]
+
+
+def _valid(path: Path) -> bool:
+    try:
+        return json.loads((path / MARKER).read_text())["step"] == int(path.name.split("-")[1])
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        return False
+
+
+def load_latest(run_dir: Path, log=print) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]] | None:
+    """(model tensors, trainer state, run state) of the newest readable checkpoint, or None."""
+    for path in reversed(list_checkpoints(run_dir)):
+        if not _valid(path):
+            log(f"alignscope: checkpoint {path} is partial (no valid {MARKER}); using the previous one")
+            continue
+        try:
+            tensors = load_file(str(path / "model.safetensors"))
+            trainer = torch.load(path / "trainer_state.pt", weights_only=True)
+            state = json.loads((path / "state.json").read_text())
+        except Exception as e:  # a corrupt file of any kind: fall back, say so
+            log(f"alignscope: checkpoint {path} is corrupt ({type(e).__name__}: {e}); using the previous one")
+            continue
+        return tensors, trainer, state
+    return None
+
+
+def load_model_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if unexpected or [m for m in missing if m not in tensors]:
+        bad = (missing or [])[:3] + (unexpected or [])[:3]
+        if bad:
+            raise TrainingError(
+                f"checkpoint does not match the model ({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. {bad})",
+                "resume with the same model and LoRA settings as the run that wrote it",
+            )

@@ -1,0 +1,119 @@
+"""Typed training configs. YAML files and `key=value` overrides become a `TrainConfig`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from alignscope.errors import ConfigError
+
+METHODS = ("sft", "rm", "dpo", "kto", "rank")
+
+
+@dataclass
+class LossTerm:
+    """One term of a (possibly mixed) objective, e.g. {type: sigmoid, weight: 1.0}."""
+
+    type: str = "sigmoid"
+    weight: float = 1.0
+
+    @classmethod
+    def from_str(cls, text: str) -> LossTerm:
+        """'sigmoid' or 'sft:0.5' (type:weight)."""
+        name, _, weight = text.partition(":")
+        try:
+            return cls(name.strip(), float(weight) if weight else 1.0)
+        except ValueError:
+            raise ConfigError(f"loss term '{text}' has a weight that is not a number", "write e.g. sft:0.5") from None
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class TrainConfig:
+    """Every option of `alignscope train`. Unknown keys fail with a suggestion."""
+
+    method: Literal["sft", "rm", "dpo", "kto", "rank"] = "dpo"
+    model: str = "tiny"  # folder, .gguf, 'smollm2', hub id, or 'tiny' (a random 2-layer Llama for smoke tests)
+    ref_model: str | None = None  # default: the initial policy (its log-probs are precomputed)
+    data: str = ""
+    eval_data: str | None = None
+    eval_fraction: float = 0.0  # held out from `data` when eval_data is not given
+    format: str | None = None
+    map: dict = field(default_factory=dict)
+    on_error: Literal["fail", "skip"] = "fail"
+    output_dir: str = "runs/train"
+    max_length: int = 512
+    max_prompt_length: int | None = 256
+    # optimisation
+    lr: float = 5e-6
+    weight_decay: float = 0.0
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 8  # per process, before accumulation
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    warmup_ratio: float = 0.0
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    gradient_checkpointing: bool = False
+    # objectives
+    loss: list[LossTerm] = field(default_factory=lambda: [LossTerm()])
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    gamma: float = 0.5  # SimPO target margin (sigmoid_norm)
+    orpo: bool = False  # ORPO instead of `loss` (reference-free)
+    kto_desirable_weight: float = 1.0
+    kto_undesirable_weight: float = 1.0
+    rank_objective: Literal["plackett_luce", "curry"] = "plackett_luce"
+    rm_heads: int = 1  # k > 1: an ensemble of k scalar heads
+    rm_aggregate: Literal["mean", "min", "mean_minus_std"] = "mean"
+    rm_center_coef: float = 0.0
+    lora: LoraConfig | None = None
+    # bookkeeping
+    logging_steps: int = 1
+    eval_steps: int | None = None
+    save_steps: int | None = None
+    keep_last: int = 2
+    nan_policy: Literal["stop", "skip"] = "stop"
+    ref_cache_dir: str | None = None  # default: <output_dir>/ref_cache
+    report_to: list[str] = field(default_factory=list)  # tensorboard, wandb (offline)
+    trust_remote_code: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        if not self.data:
+            raise ConfigError("no training data given", "set data: path/to/file.jsonl (or data=... on the command line)")
+        for name in ("batch_size", "grad_accum", "epochs", "max_length", "logging_steps", "keep_last", "rm_heads"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"'{name}' must be a positive integer, got {getattr(self, name)}")
+        for name in ("max_steps", "eval_steps", "save_steps", "max_prompt_length"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ConfigError(f"'{name}' must be a positive integer or null, got {v}")
+        if self.lr <= 0:
+            raise ConfigError(f"'lr' must be positive, got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"'warmup_ratio' must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 <= self.eval_fraction < 1:
+            raise ConfigError(f"'eval_fraction' must be in [0, 1), got {self.eval_fraction}")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"'label_smoothing' must be in [0, 0.5), got {self.label_smoothing}")
+        if self.method == "dpo" and not self.orpo:
+            from alignscope.losses.preference import PREFERENCE_LOSSES
+
+            from alignscope.errors import did_you_mean
+
+            for term in self.loss:
+                if term.type not in PREFERENCE_LOSSES:
+                    raise ConfigError(
+                        f"unknown loss type '{term.type}'" + did_you_mean(term.type, PREFERENCE_LOSSES),
+                        f"choose from {', '.join(PREFERENCE_LOSSES)}",
+                    )

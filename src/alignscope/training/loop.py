@@ -1,0 +1,330 @@
+"""The training loop shared by every offline objective (SFT, RM, DPO family, KTO, ranking).
+
+Read it top to bottom: load data and model, tokenize once, precompute reference log-probs
+(cached on disk), then a plain loop of micro-batches -> objective -> backward -> clip -> step,
+with evaluation, the displacement monitor, metrics, NaN guards and atomic checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from alignscope.errors import ConfigError, TrainingError
+from alignscope.models.scoring import Scorer, pad_token_id, score_sequences, unwrap_model
+from alignscope.training import checkpoint as ckpt
+from alignscope.training.config import TrainConfig
+from alignscope.training.items import Item, to_items
+from alignscope.training.metrics import MetricsLogger
+from alignscope.training.objectives import OBJECTIVES, Context, curry_items, kto_reference_sequences, needs_reference
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_examples(cfg: TrainConfig, source: Any):
+    from alignscope.data import load_data
+
+    return load_data(source, format=cfg.format, mapping=cfg.map or None, on_error=cfg.on_error).examples
+
+
+def build_policy(cfg: TrainConfig, texts: list[str]):
+    """(model, tokenizer). 'tiny' builds a random 2-layer Llama with a BPE tokenizer trained on the data."""
+    from alignscope.models.loading import load_model_and_tokenizer
+
+    if cfg.model == "tiny":
+        from alignscope.models.tiny import tiny_llama, train_bpe_tokenizer
+
+        tok = train_bpe_tokenizer(texts[:5000], vocab_size=512)
+        return tiny_llama(tok, hidden_size=64, num_layers=2, num_heads=4, seed=cfg.seed), tok
+    return load_model_and_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)
+
+
+def _texts(examples) -> list[str]:
+    from alignscope.data.records import prompt_text
+
+    out = []
+    for ex in examples:
+        out.append(prompt_text(ex.prompt))
+        for name in ("chosen", "rejected", "completion"):
+            if hasattr(ex, name):
+                out.append(getattr(ex, name))
+        out.extend(getattr(ex, "completions", []))
+    return out
+
+
+def reference_sequences(method: str, items: list[Item]) -> list[tuple[list[int], list[int]]]:
+    if method == "kto":
+        return kto_reference_sequences(items)
+    return [(it.prompt_ids, r) for it in items for r in it.responses]
+
+
+def _fingerprint(model: torch.nn.Module, seqs: list[tuple[list[int], list[int]]], extra: str) -> str:
+    h = hashlib.sha256(extra.encode())
+    with torch.no_grad():
+        for name, p in list(model.named_parameters())[:: max(1, len(list(model.parameters())) // 8)]:
+            h.update(name.encode())
+            h.update(np.float64(p.double().sum().item()).tobytes())
+    for p, r in seqs:
+        h.update(np.asarray(p + [-1] + r + [-2], dtype=np.int64).tobytes())
+    return h.hexdigest()[:24]
+
+
+def compute_reference_logps(cfg: TrainConfig, ref_model, items: list[Item], pad_id: int, cache_dir: Path, log) -> dict[int, list[float]]:
+    """Reference log-probs for every response of every item, computed once and cached on disk."""
+    from safetensors.torch import load_file, save_file
+
+    seqs = reference_sequences(cfg.method, items)
+    key = _fingerprint(ref_model, seqs, f"{cfg.model}|{cfg.ref_model}|{cfg.max_length}|{cfg.max_prompt_length}")
+    path = cache_dir / f"ref_logps-{key}.safetensors"
+    if path.exists():
+        flat = load_file(str(path))["logps"]
+        log(f"reference log-probs: loaded {len(flat)} from cache {path}")
+    else:
+        flat = score_sequences(
+            ref_model, [p for p, _ in seqs], [r for _, r in seqs], pad_id=pad_id, batch_size=max(cfg.batch_size, 8),
+            progress="reference log-probs" if cfg.progress else None,
+        ).logps
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({"logps": flat.contiguous()}, str(tmp))
+        os.replace(tmp, path)
+    out, pos = {}, 0
+    for i, it in enumerate(items):
+        k = 2 if cfg.method == "kto" else len(it.responses)
+        out[i] = flat[pos : pos + k].tolist()
+        pos += k
+    return out
+
+
+def step_batches(n_items: int, step: int, steps_per_epoch: int, global_batch: int, seed: int, shuffle: bool) -> list[int]:
+    """Item indices of optimizer step `step`: a seeded permutation per epoch, so resuming is exact."""
+    epoch, k = divmod(step, steps_per_epoch)
+    if shuffle:
+        g = torch.Generator().manual_seed(seed * 1000003 + epoch)
+        perm = torch.randperm(n_items, generator=g).tolist()
+    else:
+        perm = list(range(n_items))
+    return perm[k * global_batch : (k + 1) * global_batch]
+
+
+def evaluate(model, eval_items: list[Item], ref: dict[int, list[float]] | None, pad_id: int, beta: float, batch_size: int) -> dict[str, Any]:
+    """Per-pair chosen/rejected log-probs on held-out pairs, ranking and implicit-reward accuracy."""
+    out = score_sequences(
+        model, [it.prompt_ids for it in eval_items for _ in it.responses[:2]],
+        [r for it in eval_items for r in it.responses[:2]], pad_id=pad_id, batch_size=batch_size,
+    )
+    lp = out.logps.view(-1, 2)
+    res = {"chosen": lp[:, 0].tolist(), "rejected": lp[:, 1].tolist(), "ranking_accuracy": float((lp[:, 0] > lp[:, 1]).float().mean())}
+    if ref is not None:
+        r = torch.tensor([ref[i][:2] for i in range(len(eval_items))])
+        margin = beta * ((lp[:, 0] - r[:, 0]) - (lp[:, 1] - r[:, 1]))
+        res["implicit_reward_accuracy"] = float(((margin > 0).float() + 0.5 * (margin == 0).float()).mean())
+    return res
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, train_examples=None, eval_examples=None, log=print) -> Path:
+    """Run one training job; returns the output directory (metrics.jsonl, checkpoints, final/)."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=cfg.mixed_precision,
+    )
+    is_main = accelerator.is_main_process
+    say = log if is_main else (lambda *a, **k: None)
+    out_dir = Path(cfg.output_dir)
+    seed_everything(cfg.seed)
+
+    # --- data
+    examples = train_examples if train_examples is not None else load_examples(cfg, cfg.data)
+    if eval_examples is None and cfg.eval_data:
+        eval_examples = load_examples(cfg, cfg.eval_data)
+    if eval_examples is None and cfg.eval_fraction > 0:
+        n_eval = max(1, int(len(examples) * cfg.eval_fraction))
+        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+        eval_examples = [examples[i] for i in order[:n_eval]]
+        examples = [examples[i] for i in order[n_eval:]]
+
+    # --- model
+    model, tokenizer = build_policy(cfg, _texts(examples))
+    pad_id = pad_token_id(tokenizer)
+    items, stats = to_items(cfg.method, examples, tokenizer, cfg.max_length, cfg.max_prompt_length)
+    say(f"tokenized: {stats.summary()}")
+    if cfg.method == "rank" and cfg.rank_objective == "curry":
+        items = curry_items(items)
+    eval_items: list[Item] = []
+    if eval_examples and cfg.method in ("dpo", "rank", "rm"):
+        eval_items = [it for it in to_items(cfg.method, eval_examples, tokenizer, cfg.max_length, cfg.max_prompt_length)[0] if len(it.responses) >= 2]
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if cfg.lora is not None and cfg.method != "rm":
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError:
+            raise ConfigError("LoRA needs the peft package", "pip install 'alignscope[peft]'") from None
+        model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules))
+
+    # --- reference log-probs (before any update: the initial policy is the default reference)
+    ref_logps = eval_ref = None
+    if needs_reference(cfg):
+        ref_model = model
+        if cfg.ref_model:
+            from alignscope.models.loading import load_model
+
+            ref_model = load_model(cfg.ref_model, trust_remote_code=cfg.trust_remote_code)
+        cache = Path(cfg.ref_cache_dir or out_dir / "ref_cache")
+        ref_logps = compute_reference_logps(cfg, ref_model, items, pad_id, cache, say)
+        if eval_items:
+            eval_ref = compute_reference_logps(
+                replace(cfg, method="dpo"), ref_model,
+                [Item(it.prompt_ids, it.responses[:2]) for it in eval_items], pad_id, cache, say,
+            )
+        del ref_model
+
+    if cfg.method == "rm":
+        from alignscope.models.reward_model import RewardModel
+
+        trained: torch.nn.Module = RewardModel(model, cfg.rm_heads, cfg.rm_aggregate)
+        torch.manual_seed(cfg.seed)
+        trained.head.reset_parameters()
+    else:
+        trained = Scorer(model)
+
+    # --- optimisation
+    world = accelerator.num_processes
+    global_batch = cfg.batch_size * cfg.grad_accum * world
+    if len(items) < global_batch:
+        raise ConfigError(
+            f"the dataset has {len(items)} training items, fewer than one global batch ({global_batch} = "
+            f"batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum} x {world} processes)",
+            "lower batch_size or grad_accum, or add data",
+        )
+    steps_per_epoch = len(items) // global_batch
+    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+    params = [p for p in trained.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    from transformers import get_scheduler
+
+    scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps)
+    trained, optimizer = accelerator.prepare(trained, optimizer)
+    ctx = Context(trained, cfg, pad_id, ref_logps)
+    objective = OBJECTIVES[cfg.method]
+
+    # --- resume
+    start_step, skipped = 0, 0
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
+    if resume:
+        found = ckpt.load_latest(out_dir, log=say)
+        if found is None:
+            say(f"no complete checkpoint in {out_dir}; starting from step 0")
+        else:
+            tensors, trainer_state, state = found
+            ckpt.load_model_tensors(accelerator.unwrap_model(trained), tensors)
+            optimizer.load_state_dict(trainer_state["optimizer"])
+            scheduler.load_state_dict(trainer_state["scheduler"])
+            ckpt.set_rng_state(state["rng"], trainer_state["torch_rng"])
+            start_step, skipped = state["step"], state.get("skipped_batches", 0)
+            say(f"resumed from step {start_step} of {total_steps}")
+    metrics_log = MetricsLogger(out_dir, enabled=is_main, report_to=cfg.report_to, truncate_after=start_step if resume else 0)
+
+    eval_start = None
+    eval_every = cfg.eval_steps
+    if eval_items and is_main:
+        start_file = out_dir / "eval_start.json"
+        if start_step > 0 and start_file.exists():
+            eval_start = json.loads(start_file.read_text())
+        else:
+            eval_start = evaluate(accelerator.unwrap_model(trained).lm, eval_items, eval_ref, pad_id, cfg.beta, max(cfg.batch_size, 8))
+            start_file.write_text(json.dumps(eval_start))
+            metrics_log.eval_point(0, eval_start, eval_start)
+
+    # --- the loop
+    shuffle = not (cfg.method == "rank" and cfg.rank_objective == "curry")
+    rank = accelerator.process_index
+    bar = tqdm(total=total_steps, initial=start_step, desc=f"train {cfg.method}", disable=not (cfg.progress and is_main), unit="step")
+    trained.train()
+    t0 = time.time()
+    for step in range(start_step, total_steps):
+        idx_global = step_batches(len(items), step, steps_per_epoch, global_batch, cfg.seed, shuffle)
+        sums: dict[str, float] = {}
+        optimizer.zero_grad(set_to_none=True)
+        for m in range(cfg.grad_accum):
+            lo = (m * world + rank) * cfg.batch_size
+            idx = idx_global[lo : lo + cfg.batch_size]
+            sync = contextlib.nullcontext() if m == cfg.grad_accum - 1 else accelerator.no_sync(trained)
+            with sync, accelerator.autocast():
+                loss, metrics = objective(ctx, [items[i] for i in idx], idx)
+                if not torch.isfinite(loss):
+                    if cfg.nan_policy == "stop":
+                        raise TrainingError(
+                            f"loss is {loss.item()} at step {step + 1}, micro-batch {m}, items {idx}",
+                            "inspect those items (empty or extreme responses?), lower lr, or set nan_policy=skip; "
+                            f"the last good checkpoint in {out_dir} is kept",
+                        )
+                accelerator.backward(loss / cfg.grad_accum)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v) / cfg.grad_accum
+        grad_norm = None
+        if cfg.max_grad_norm is not None:
+            grad_norm = float(accelerator.clip_grad_norm_(trained.parameters(), cfg.max_grad_norm))
+        else:
+            grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+        finite = math.isfinite(grad_norm) and all(math.isfinite(v) for v in sums.values())
+        if not finite:
+            if cfg.nan_policy == "stop":
+                raise TrainingError(
+                    f"non-finite loss or gradient at step {step + 1} (grad norm {grad_norm}), items {idx_global}",
+                    f"lower lr, check those items, or set nan_policy=skip; the last good checkpoint in {out_dir} is kept",
+                )
+            skipped += 1
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            optimizer.step()
+        scheduler.step()
+        reduced = {k: float(accelerator.reduce(torch.tensor(v, device=accelerator.device), reduction="mean")) for k, v in sums.items()}
+        done = step + 1
+        if is_main and (done % cfg.logging_steps == 0 or done == total_steps):
+            row = {"step": done, "epoch": round(done / steps_per_epoch, 4), **reduced, "grad_norm": grad_norm, "learning_rate": scheduler.get_last_lr()[0]}
+            if skipped:
+                row["skipped_batches"] = skipped
+            metrics_log.log(row)
+            bar.set_postfix(loss=f"{reduced.get('loss', float('nan')):.4f}")
+        if eval_start is not None and ((eval_every and done % eval_every == 0) or done == total_steps):
+            lm = accelerator.unwrap_model(trained).lm
+            metrics_log.eval_point(done, evaluate(lm, eval_items, eval_ref, pad_id, cfg.beta, max(cfg.batch_size, 8)), eval_start)
+            trained.train()
+        if cfg.save_steps and done % cfg.save_steps == 0 and done < total_steps:
+            accelerator.wait_for_everyone()
+            if is_main:
+                ckpt.save_checkpoint(out_dir, done, accelerator.unwrap_model(trained), optimizer, scheduler, {"step": done, "skipped_batches": skipped}, cfg.keep_last)
+        bar.update(1)
+    bar.close()
+
+    accelerator.wait_for_everyone()
+    if is_main:
+        final = accelerator.unwrap_model(trained)
+        ckpt.save_checkpoint(out_dir, total_steps, final, optimizer, scheduler, {"step": total_steps, "skipped_batches": skipped}, cfg.keep_last)
+        target = final if cfg.method == "rm" else final.lm
+        target.save_pretrained(out_dir / "final")
+        tokenizer.save_pretrained(out_dir / "final")
+        metrics_log.close()
+        say(f"done: {total_steps} steps in {time.time() - t0:.1f}s; metrics in {out_dir / 'metrics.jsonl'}, model in {out_dir / 'final'}")
+    return out_dir

@@ -1,0 +1,96 @@
+"""Metrics to `metrics.jsonl` (and TensorBoard / offline W&B when installed and asked for), plus the
+per-pair evaluation log-probs and displacement statistics that the monitor and report read."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from alignscope.diagnostics.displacement import displacement_stats
+from alignscope.diagnostics.warnings import detect_displacement, format_pitfall
+
+FILES = ("metrics.jsonl", "eval_logps.jsonl", "displacement.jsonl", "pitfalls.jsonl", "reward_variance.jsonl")
+
+
+def _truncate(path: Path, after_step: int) -> None:
+    """Drop lines logged after `after_step` (a resumed run re-logs them identically)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= after_step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line cut by a kill
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(k + "\n" for k in keep))
+    os.replace(tmp, path)
+
+
+class MetricsLogger:
+    def __init__(self, out_dir: Path, enabled: bool = True, report_to: list[str] = (), truncate_after: int = 0, log=print):
+        self.out_dir, self.enabled, self.say = Path(out_dir), enabled, log
+        self.tb = self.wandb = None
+        if not enabled:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        for name in FILES:
+            if truncate_after:
+                _truncate(self.out_dir / name, truncate_after)
+            else:
+                (self.out_dir / name).unlink(missing_ok=True)
+        if "tensorboard" in report_to:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+            except ImportError:
+                log("alignscope: tensorboard is not installed; logging to metrics.jsonl only")
+        if "wandb" in report_to:
+            try:
+                import wandb
+
+                self.wandb = wandb.init(mode="offline", dir=str(self.out_dir), reinit=True)
+            except ImportError:
+                log("alignscope: wandb is not installed; logging to metrics.jsonl only")
+
+    def append_jsonl(self, name: str, row: dict[str, Any]) -> None:
+        with open(self.out_dir / name, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def log(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.append_jsonl("metrics.jsonl", row)
+        step = row["step"]
+        for k, v in row.items():
+            if k != "step" and isinstance(v, (int, float)):
+                if self.tb is not None:
+                    self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(row, step=step)
+
+    def eval_point(self, step: int, now: dict[str, Any], start: dict[str, Any]) -> dict[str, Any]:
+        """Log per-pair eval log-probs and displacement against the start; warn on a detected pitfall."""
+        if not self.enabled:
+            return {}
+        self.append_jsonl("eval_logps.jsonl", {"step": step, "chosen": now["chosen"], "rejected": now["rejected"]})
+        stats = displacement_stats(start["chosen"], now["chosen"], start["rejected"], now["rejected"])
+        row = {"step": step, **stats}
+        if "implicit_reward_accuracy" in now:
+            row["implicit_reward_accuracy"] = now["implicit_reward_accuracy"]
+        self.append_jsonl("displacement.jsonl", row)
+        if step > 0:
+            for pitfall in detect_displacement(stats):
+                self.say(f"alignscope: warning: {format_pitfall(pitfall)}")
+                self.append_jsonl("pitfalls.jsonl", {"step": step, **pitfall.__dict__})
+        return row
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()

@@ -1,0 +1,280 @@
+"""On-policy RL from a reward source: REINFORCE, RLOO, GRPO, Dr. GRPO and PPO, with KL control.
+
+One loop, read top to bottom: sample n responses per prompt -> rewards -> per-prompt reward
+variance (the flat-objective pitfall) -> optional dynamic sampling that drops low-variance
+groups -> advantages -> policy-gradient loss with the KL term -> step. Metrics each step
+include proxy and gold reward, KL, entropy, lengths and reward-variance statistics.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from alignscope.errors import ConfigError, TrainingError
+from alignscope.losses import policy_gradient as pg
+from alignscope.models.scoring import Scorer, pad_token_id, score_batch
+from alignscope.rollout.generation import GenerationConfig, generate
+from alignscope.training import checkpoint as ckpt
+from alignscope.training.metrics import MetricsLogger
+
+ALGORITHMS = ("reinforce", "rloo", "grpo", "dr_grpo", "ppo")
+
+
+@dataclass
+class RLConfig:
+    algorithm: Literal["reinforce", "rloo", "grpo", "dr_grpo", "ppo"] = "rloo"
+    model: str = "lab:tiny"
+    prompts: str = ""  # a prompt-only data file (or any format with prompts)
+    format: str | None = None
+    map: dict = field(default_factory=dict)
+    reward: str = ""  # 'module:function', a reward-model folder, or 'lab:gold'
+    gold: str | None = None  # optional gold reward for monitoring ('module:function' or 'lab:gold')
+    output_dir: str = "runs/rl"
+    steps: int = 50
+    prompts_per_step: int = 8
+    samples_per_prompt: int = 4
+    max_new_tokens: int = 24
+    temperature: float = 1.0
+    top_p: float = 1.0
+    lr: float = 1e-4
+    max_grad_norm: float | None = 1.0
+    kl_coef: float = 0.05
+    kl_mode: Literal["reward", "loss"] = "loss"  # k1 penalty in the reward, or k3 term in the loss
+    adaptive_kl_target: float | None = None  # set to use Ziegler et al.'s adaptive controller
+    clip_eps: float = 0.2
+    ppo_epochs: int = 2
+    value_lr: float = 1e-3
+    gae_lambda: float = 0.95
+    dynamic_sampling: bool = False  # drop groups whose reward variance is below `variance_threshold`, refill
+    variance_threshold: float = 1e-6
+    max_refill_rounds: int = 4
+    reward_standardize: bool = False
+    seed: int = 0
+    save_steps: int | None = None
+    keep_last: int = 2
+    progress: bool = True
+    trust_remote_code: bool = False
+
+    def validate(self) -> None:
+        if not self.prompts:
+            raise ConfigError("no prompts given", "set prompts: path/to/prompts.jsonl")
+        if not self.reward:
+            raise ConfigError("no reward given", "set reward: module:function, a reward-model folder, or lab:gold")
+        for name in ("steps", "prompts_per_step", "samples_per_prompt", "max_new_tokens", "ppo_epochs", "keep_last"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"'{name}' must be a positive integer, got {getattr(self, name)}")
+        if self.samples_per_prompt < 2 and self.algorithm in ("rloo", "grpo", "dr_grpo"):
+            raise ConfigError(f"{self.algorithm} needs samples_per_prompt >= 2 (it compares samples of one prompt)")
+
+
+def resolve_reward(spec: str, trust_remote_code: bool = False):
+    """'lab:gold' -> the lab's gold reward; anything else -> `alignscope.rewards.sources.load_reward_source`."""
+    if spec == "lab:gold":
+        from alignscope.lab.gold import gold_rewards
+
+        return gold_rewards
+    from alignscope.rewards.sources import load_reward_source
+
+    return load_reward_source(spec)
+
+
+def _pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    t = max(len(r) for r in rows)
+    out = torch.zeros(len(rows), t)
+    mask = torch.zeros(len(rows), t, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+        mask[i, : len(r)] = True
+    return out, mask
+
+
+def group_variance(rewards: torch.Tensor) -> torch.Tensor:
+    """Per-prompt reward variance of a [P, n] group (unbiased; 0 when all samples agree)."""
+    return rewards.var(dim=1, unbiased=True)
+
+
+def train_rl(cfg: RLConfig, *, resume: bool = False, model=None, tokenizer=None, log=print) -> Path:
+    torch.manual_seed(cfg.seed)
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
+
+    # --- data, policy, reference, rewards
+    from alignscope.data import load_data
+
+    prompts = [ex.prompt for ex in load_data(cfg.prompts, format=cfg.format, mapping=cfg.map or None).examples]
+    if model is None:
+        from alignscope.training.loop import build_policy
+        from alignscope.training.config import TrainConfig
+
+        model, tokenizer = build_policy(TrainConfig(model=cfg.model, data=cfg.prompts, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code), [])
+    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    reward_fn = resolve_reward(cfg.reward, cfg.trust_remote_code)
+    gold_fn = resolve_reward(cfg.gold, cfg.trust_remote_code) if cfg.gold else None
+    pad_id = pad_token_id(tokenizer)
+    scorer = Scorer(model)
+    value_head = None
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW([{"params": params, "lr": cfg.lr}], lr=cfg.lr)
+    if cfg.algorithm == "ppo":
+        value_head = torch.nn.Linear(model.config.hidden_size, 1)
+        torch.nn.init.zeros_(value_head.weight)
+        torch.nn.init.zeros_(value_head.bias)
+        optimizer.add_param_group({"params": list(value_head.parameters()), "lr": cfg.value_lr})
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    kl_ctl = (
+        pg.AdaptiveKLController(cfg.kl_coef, cfg.adaptive_kl_target, horizon=10 * cfg.steps)
+        if cfg.adaptive_kl_target is not None
+        else pg.FixedKLController(cfg.kl_coef)
+    )
+    trainable = torch.nn.ModuleDict({"policy": model, **({"value": value_head} if value_head is not None else {})})
+
+    start = 0
+    if resume:
+        found = ckpt.load_latest(out_dir, log=log)
+        if found is not None:
+            tensors, trainer_state, state = found
+            ckpt.load_model_tensors(trainable, tensors)
+            optimizer.load_state_dict(trainer_state["optimizer"])
+            scheduler.load_state_dict(trainer_state["scheduler"])
+            ckpt.set_rng_state(state["rng"], trainer_state["torch_rng"])
+            start = state["step"]
+            kl_ctl.value = state.get("kl_coef", kl_ctl.value)
+            log(f"resumed from step {start} of {cfg.steps}")
+    logger = MetricsLogger(out_dir, truncate_after=start if resume else 0, log=log)
+    gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, n=cfg.samples_per_prompt, do_sample=True)
+
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"rl {cfg.algorithm}", disable=not cfg.progress, unit="step")
+    t0 = time.time()
+    for step in range(start, cfg.steps):
+        # --- rollouts (dynamic sampling drops flat groups and refills from later prompts)
+        g = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+        order = torch.randperm(len(prompts), generator=g).tolist()
+        kept_p, kept_r, kept_rew, cursor, n_groups, n_flat = [], [], [], 0, 0, 0
+        rounds = 0
+        while len(kept_p) < cfg.prompts_per_step and cursor < len(order) and rounds <= cfg.max_refill_rounds:
+            need = cfg.prompts_per_step - len(kept_p)
+            batch_prompts = [prompts[i] for i in order[cursor : cursor + need]]
+            cursor += need
+            rounds += 1
+            model.eval()
+            ro = generate(model, tokenizer, batch_prompts, gen_cfg)
+            rewards = torch.as_tensor(reward_fn([batch_prompts[j] for j in ro.prompt_index], ro.texts), dtype=torch.float32)
+            rewards = rewards.view(len(batch_prompts), cfg.samples_per_prompt)
+            var = group_variance(rewards)
+            for j, p in enumerate(batch_prompts):
+                n_groups += 1
+                flat = bool(var[j] <= cfg.variance_threshold)
+                n_flat += flat
+                if flat and cfg.dynamic_sampling:
+                    continue
+                sl = slice(j * cfg.samples_per_prompt, (j + 1) * cfg.samples_per_prompt)
+                kept_p.append(p)
+                kept_r.append((ro.prompt_ids[sl], ro.response_ids[sl], ro.texts[sl]))
+                kept_rew.append(rewards[j])
+            if not cfg.dynamic_sampling:
+                break
+        if not kept_p:
+            log(f"alignscope: warning: step {step + 1}: every sampled group had zero reward variance; skipping the update")
+            rewards_pn = torch.zeros(0, cfg.samples_per_prompt)
+        else:
+            rewards_pn = torch.stack(kept_rew)
+        p_ids = [pi for grp in kept_r for pi in grp[0]]
+        r_ids = [ri for grp in kept_r for ri in grp[1]]
+        texts = [t for grp in kept_r for t in grp[2]]
+        flat_prompts = [p for p in kept_p for _ in range(cfg.samples_per_prompt)]
+
+        row: dict = {"step": step + 1, "groups_sampled": n_groups, "zero_variance_fraction": n_flat / max(n_groups, 1)}
+        if len(kept_p):
+            scores = rewards_pn.clone()
+            if cfg.reward_standardize:
+                scores = (scores - scores.mean()) / (scores.std() + 1e-8)
+            with torch.no_grad():
+                ref_out = score_batch(reference, p_ids, r_ids, pad_id=pad_id, return_token_logps=True)
+            ref_tok, mask = _pad(ref_out.token_logps)
+            model.train()
+            old_tok = None
+            for epoch in range(cfg.ppo_epochs if cfg.algorithm == "ppo" else 1):
+                out = score_batch(scorer, p_ids, r_ids, pad_id=pad_id, return_token_logps=True, return_token_hidden=cfg.algorithm == "ppo")
+                tok = torch.nn.utils.rnn.pad_sequence(out.token_logps, batch_first=True)
+                kl_tok = (tok.detach() - ref_tok) * mask
+                seq_kl = kl_tok.sum(-1)
+                if old_tok is None:
+                    old_tok = tok.detach()
+                kl_coef = kl_ctl.value
+                flat_scores = scores.reshape(-1)
+                if cfg.kl_mode == "reward":
+                    flat_scores = flat_scores - kl_coef * seq_kl
+                grouped = flat_scores.view(-1, cfg.samples_per_prompt)
+                if cfg.algorithm == "rloo":
+                    adv = pg.rloo_advantages(grouped).reshape(-1)
+                elif cfg.algorithm == "grpo":
+                    adv = pg.grpo_advantages(grouped).reshape(-1)
+                elif cfg.algorithm == "dr_grpo":
+                    adv = pg.dr_grpo_advantages(grouped).reshape(-1)
+                elif cfg.algorithm == "reinforce":
+                    adv = pg.reinforce_advantages(grouped, baseline="mean").reshape(-1)
+                if cfg.algorithm == "ppo":
+                    values = torch.nn.utils.rnn.pad_sequence([value_head(h).squeeze(-1) for h in out.token_hidden], batch_first=True)
+                    token_rewards = torch.zeros_like(tok)
+                    last = mask.sum(-1) - 1
+                    token_rewards[torch.arange(len(last)), last] = flat_scores
+                    adv_tok, returns = pg.gae(token_rewards, values.detach(), mask, gamma=1.0, lam=cfg.gae_lambda)
+                    loss = pg.policy_gradient_loss(
+                        tok, adv_tok, mask, old_token_logps=old_tok, clip_eps=cfg.clip_eps, loss_agg="token_mean",
+                        kl_coef=kl_coef if cfg.kl_mode == "loss" else 0.0, ref_token_logps=ref_tok,
+                    ) + 0.5 * pg.value_loss(values, values.detach(), returns, mask, clip=cfg.clip_eps)
+                else:
+                    loss = pg.policy_gradient_loss(
+                        tok, adv, mask, old_token_logps=old_tok, clip_eps=cfg.clip_eps,
+                        loss_agg="dr_grpo" if cfg.algorithm == "dr_grpo" else "token_mean", max_len=cfg.max_new_tokens,
+                        kl_coef=kl_coef if cfg.kl_mode == "loss" else 0.0, ref_token_logps=ref_tok,
+                    )
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"RL loss is {loss.item()} at step {step + 1}", "lower lr or kl_coef; the last good checkpoint is kept")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(trainable.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+            scheduler.step()
+            mean_kl = float(seq_kl.mean())
+            kl_ctl.update(mean_kl, len(p_ids))
+            var = group_variance(rewards_pn)
+            row.update({
+                "loss": float(loss.detach()),
+                "reward/proxy_mean": float(rewards_pn.mean()),
+                "reward/proxy_std": float(rewards_pn.std()) if rewards_pn.numel() > 1 else 0.0,
+                "kl": mean_kl,
+                "kl_coef": kl_coef,
+                "entropy": float(-(old_tok * mask).sum() / mask.sum()),
+                "response_length": float(mask.sum(-1).float().mean()),
+                "reward_variance/mean": float(var.mean()),
+                "reward_variance/low_fraction": float((var <= cfg.variance_threshold).float().mean()),
+            })
+            if gold_fn is not None:
+                row["reward/gold_mean"] = float(torch.as_tensor(gold_fn(flat_prompts, texts), dtype=torch.float32).mean())
+        logger.log(row)
+        logger.append_jsonl("reward_variance.jsonl", {"step": step + 1, "variances": group_variance(rewards_pn).tolist() if len(kept_p) else []})
+        done = step + 1
+        if cfg.save_steps and done % cfg.save_steps == 0 or done == cfg.steps:
+            ckpt.save_checkpoint(out_dir, done, trainable, optimizer, scheduler, {"step": done, "kl_coef": kl_ctl.value}, cfg.keep_last)
+        bar.update(1)
+        if "reward/proxy_mean" in row:
+            bar.set_postfix(reward=f"{row['reward/proxy_mean']:.3f}", kl=f"{row['kl']:.3f}")
+    bar.close()
+    model.save_pretrained(out_dir / "final")
+    tokenizer.save_pretrained(out_dir / "final")
+    logger.close()
+    log(f"done: {cfg.steps} RL steps in {time.time() - t0:.1f}s; metrics in {out_dir / 'metrics.jsonl'}")
+    return out_dir
+
