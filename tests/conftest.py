@@ -49,3 +49,11 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def lab_tiny():
+    """The lab's tiny pretrained model (built once into the user cache, then loaded)."""
+    from alignscope.lab.pretrain import pretrained_lab_model
+
+    return pretrained_lab_model(size="tiny", seed=0, progress=False)

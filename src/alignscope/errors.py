@@ -41,6 +41,7 @@ class DataError(AlignscopeError):
             where.append(f"field '{field}'")
         prefix = ", ".join(where) + ": " if where else ""
         super().__init__(prefix + problem, fix)
+        self.problem = problem  # without the location, so the error can be re-located
 
 
 class ModelError(AlignscopeError):

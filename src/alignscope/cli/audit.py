@@ -82,13 +82,13 @@ def run_rm(args: argparse.Namespace) -> int:
     from alignscope.data import load_data
     from alignscope.diagnostics.rm_audit import audit_reward_models, format_table, write_outputs
     from alignscope.models.loading import load_model_and_tokenizer
-    from alignscope.training.rl import resolve_reward
+    from alignscope.rewards.sources import load_reward_source
 
     prompts = [ex.prompt for ex in load_data(args.prompts).examples][: args.limit]
     pairs = load_data(args.pairs).examples if args.pairs else None
     policy, tok = load_model_and_tokenizer(args.policy)
-    rms = {spec: resolve_reward(spec) for spec in args.rm}
-    gold = resolve_reward(args.gold) if args.gold else None
+    rms = {spec: load_reward_source(spec) for spec in args.rm}
+    gold = load_reward_source(args.gold) if args.gold else None
     result = audit_reward_models(rms, policy, tok, prompts, n=args.n, pairs=pairs, gold=gold,
                                  max_new_tokens=args.max_new_tokens, threshold=args.threshold, seed=args.seed)
     write_outputs(result, Path(args.out))

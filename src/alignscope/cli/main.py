@@ -10,7 +10,7 @@ import sys
 from alignscope.errors import AlignscopeError
 
 # Modules under alignscope.cli, each with register(subparsers).
-COMMAND_MODULES = ["data", "train", "audit"]
+COMMAND_MODULES = ["data", "train", "audit", "compare_rm", "report", "demo", "rl_tools"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # key=value overrides may sit on either side of flags such as --resume.
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

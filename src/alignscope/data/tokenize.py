@@ -69,7 +69,7 @@ def _response_text(tokenizer, prompt: Prompt, response: str) -> str:
     return response
 
 
-def _add_special(tokenizer, prompt: Prompt) -> bool:
+def uses_special_tokens(tokenizer, prompt: Prompt) -> bool:
     # Chat templates already render BOS and friends as text; plain text gets the tokenizer's specials.
     return isinstance(prompt, str) or not getattr(tokenizer, "chat_template", None)
 
@@ -90,7 +90,7 @@ def encode_group(
     one token kept) and finally responses are cut from the right.
     """
     p_text = render_prompt(tokenizer, prompt)
-    special = _add_special(tokenizer, prompt)
+    special = uses_special_tokens(tokenizer, prompt)
     p_ids = tokenizer(p_text, add_special_tokens=special)["input_ids"]
     r_texts = [_response_text(tokenizer, prompt, r) for r in responses]
     joint = tokenizer([p_text + r for r in r_texts], add_special_tokens=special)["input_ids"]

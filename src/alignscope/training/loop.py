@@ -138,8 +138,14 @@ def evaluate(model, eval_items: list[Item], ref: dict[int, list[float]] | None, 
     return res
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, train_examples=None, eval_examples=None, log=print) -> Path:
-    """Run one training job; returns the output directory (metrics.jsonl, checkpoints, final/)."""
+def train(
+    cfg: TrainConfig, *, resume: bool = False, train_examples=None, eval_examples=None, model=None, tokenizer=None, log=print
+) -> Path:
+    """Run one training job; returns the output directory (metrics.jsonl, checkpoints, final/).
+
+    `train_examples`/`eval_examples` (records) and `model`/`tokenizer` (in memory) replace
+    `cfg.data`/`cfg.eval_data` and `cfg.model` when given, for programmatic pipelines like the lab.
+    """
     from accelerate import Accelerator
 
     accelerator = Accelerator(
@@ -162,7 +168,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, train_examples=None, eval_e
         examples = [examples[i] for i in order[n_eval:]]
 
     # --- model
-    model, tokenizer = build_policy(cfg, _texts(examples))
+    if model is None:
+        model, tokenizer = build_policy(cfg, _texts(examples))
     pad_id = pad_token_id(tokenizer)
     items, stats = to_items(cfg.method, examples, tokenizer, cfg.max_length, cfg.max_prompt_length)
     say(f"tokenized: {stats.summary()}")

@@ -11,7 +11,7 @@ from typing import Any
 from alignscope.diagnostics.displacement import displacement_stats
 from alignscope.diagnostics.warnings import detect_displacement, format_pitfall
 
-FILES = ("metrics.jsonl", "eval_logps.jsonl", "displacement.jsonl", "pitfalls.jsonl", "reward_variance.jsonl")
+FILES = ("metrics.jsonl", "eval_logps.jsonl", "displacement.jsonl", "pitfalls.jsonl", "reward_variance.jsonl", "rl_metrics.jsonl")
 
 
 def _truncate(path: Path, after_step: int) -> None:

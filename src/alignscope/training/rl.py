@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from alignscope.errors import ConfigError, TrainingError
 from alignscope.losses import policy_gradient as pg
 from alignscope.models.scoring import Scorer, pad_token_id, score_batch
+from alignscope.rewards.sources import load_reward_source
 from alignscope.rollout.generation import GenerationConfig, generate
 from alignscope.training import checkpoint as ckpt
 from alignscope.training.metrics import MetricsLogger
@@ -76,17 +77,6 @@ class RLConfig:
             raise ConfigError(f"{self.algorithm} needs samples_per_prompt >= 2 (it compares samples of one prompt)")
 
 
-def resolve_reward(spec: str, trust_remote_code: bool = False):
-    """'lab:gold' -> the lab's gold reward; anything else -> `alignscope.rewards.sources.load_reward_source`."""
-    if spec == "lab:gold":
-        from alignscope.lab.gold import gold_rewards
-
-        return gold_rewards
-    from alignscope.rewards.sources import load_reward_source
-
-    return load_reward_source(spec)
-
-
 def _pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     t = max(len(r) for r in rows)
     out = torch.zeros(len(rows), t)
@@ -102,7 +92,11 @@ def group_variance(rewards: torch.Tensor) -> torch.Tensor:
     return rewards.var(dim=1, unbiased=True)
 
 
-def train_rl(cfg: RLConfig, *, resume: bool = False, model=None, tokenizer=None, log=print) -> Path:
+def train_rl(
+    cfg: RLConfig, *, resume: bool = False, model=None, tokenizer=None, prompts: list | None = None,
+    reward_fn=None, gold_fn=None, log=print,
+) -> Path:
+    """Run RL; in-memory `model`/`tokenizer`, `prompts` and reward callables replace the config's specs."""
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -111,15 +105,17 @@ def train_rl(cfg: RLConfig, *, resume: bool = False, model=None, tokenizer=None,
     # --- data, policy, reference, rewards
     from alignscope.data import load_data
 
-    prompts = [ex.prompt for ex in load_data(cfg.prompts, format=cfg.format, mapping=cfg.map or None).examples]
+    if prompts is None:
+        prompts = [ex.prompt for ex in load_data(cfg.prompts, format=cfg.format, mapping=cfg.map or None).examples]
     if model is None:
         from alignscope.training.loop import build_policy
         from alignscope.training.config import TrainConfig
 
         model, tokenizer = build_policy(TrainConfig(model=cfg.model, data=cfg.prompts, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code), [])
     reference = copy.deepcopy(model).eval().requires_grad_(False)
-    reward_fn = resolve_reward(cfg.reward, cfg.trust_remote_code)
-    gold_fn = resolve_reward(cfg.gold, cfg.trust_remote_code) if cfg.gold else None
+    reward_fn = reward_fn or load_reward_source(cfg.reward)
+    if gold_fn is None and cfg.gold:
+        gold_fn = load_reward_source(cfg.gold)
     pad_id = pad_token_id(tokenizer)
     scorer = Scorer(model)
     value_head = None
@@ -264,6 +260,9 @@ def train_rl(cfg: RLConfig, *, resume: bool = False, model=None, tokenizer=None,
             if gold_fn is not None:
                 row["reward/gold_mean"] = float(torch.as_tensor(gold_fn(flat_prompts, texts), dtype=torch.float32).mean())
         logger.log(row)
+        if "reward/proxy_mean" in row:
+            logger.append_jsonl("rl_metrics.jsonl", {"step": step + 1, "proxy_reward": row["reward/proxy_mean"],
+                                                     "gold_reward": row.get("reward/gold_mean"), "kl": row["kl"]})
         logger.append_jsonl("reward_variance.jsonl", {"step": step + 1, "variances": group_variance(rewards_pn).tolist() if len(kept_p) else []})
         done = step + 1
         if cfg.save_steps and done % cfg.save_steps == 0 or done == cfg.steps:

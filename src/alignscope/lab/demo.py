@@ -1,0 +1,165 @@
+"""`alignscope demo`: every pitfall, measured against a known gold reward, in minutes on a CPU.
+
+SFT -> reward models -> data audit (CHES) -> DPO with the displacement monitor, with and
+without the CHES filter -> RLOO taught by two reward models (one perfectly accurate but with
+low reward variance, one learned: less accurate, more variance) -> one HTML report.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from alignscope.config import build_config
+from alignscope.diagnostics.data_audit import audit_pairs, dataset_findings, write_table
+from alignscope.diagnostics.ches import ches_filter
+from alignscope.diagnostics.rm_audit import audit_reward_models, format_table, write_outputs
+from alignscope.lab.generate import pairwise_data, prompt_data, refusal_pairs, sft_data
+from alignscope.lab.gold import GoldReward, refusal_rate
+from alignscope.lab.language import default_world, prompt_content
+from alignscope.lab.pretrain import pretrained_lab_model
+from alignscope.rollout.generation import GenerationConfig, generate
+from alignscope.training.config import TrainConfig
+from alignscope.training.loop import train
+
+
+class LowVarianceGold:
+    """A perfectly accurate RM with low reward variance: the gold reward, scaled by `scale` on half
+    the prompts (Razin et al.'s construction). It orders every pair as gold does."""
+
+    def __init__(self, gold: Callable, scale: float = 0.001):
+        self.gold, self.scale = gold, scale
+
+    def __call__(self, prompts, responses):
+        r = self.gold(prompts, responses)
+        return [v * (self.scale if sum(map(ord, prompt_content(p))) % 2 else 1.0) for p, v in zip(prompts, r)]
+
+
+def _cfg(method: str, out: Path, **kw) -> TrainConfig:
+    return build_config(TrainConfig, {"method": method, "data": "<memory>", "output_dir": str(out), "max_length": 96,
+                                      "max_prompt_length": 48, "progress": False, **kw})
+
+
+def _load(folder: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+
+
+def refusals(model, tok, prompts, max_new_tokens: int = 24) -> float:
+    ro = generate(model, tok, prompts, GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, n=1))
+    return refusal_rate([prompts[i] for i in ro.prompt_index], ro.texts)
+
+
+def run_demo(out: str | Path = "runs/demo", size: str = "tiny", seed: int = 0, quick: bool = False, log=print) -> dict[str, Any]:
+    """Run the whole pipeline into `out`; returns the headline figures (also in `out/summary.json`)."""
+    t0 = time.time()
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    scale = 0.4 if quick else 1.0
+    world = default_world(seed)
+    gold = GoldReward(world)
+    summary: dict[str, Any] = {}
+
+    def step(name: str) -> None:
+        log(f"[{time.time() - t0:6.1f}s] {name}")
+
+    step(f"1/6 base model: the lab's pretrained '{size}' model (built and cached on first use)")
+    base, tok = pretrained_lab_model(size=size, seed=seed)
+
+    step("2/6 SFT on good responses")
+    train(_cfg("sft", out / "sft", batch_size=16, max_steps=int(60 * scale), lr=1e-3, seed=seed),
+          train_examples=sft_data(world, 480, seed=seed), model=base, tokenizer=tok, log=lambda *a: None)
+    sft_dir = out / "sft" / "final"
+
+    step("3/6 reward model (Bradley-Terry) on noisy gold-labelled pairs")
+    model, tok = _load(sft_dir)
+    rm_pairs = pairwise_data(world, int(640 * scale), seed=seed + 1, noise=1.0)
+    train(_cfg("rm", out / "rm", batch_size=16, max_steps=int(80 * scale), lr=1e-3, seed=seed),
+          train_examples=rm_pairs, model=model, tokenizer=tok, log=lambda *a: None)
+    from alignscope.models.reward_model import RewardModel
+    from alignscope.rewards.sources import ModelReward
+
+    learned_rm = ModelReward(RewardModel.from_pretrained(out / "rm" / "final"), tok)
+
+    step("4/6 data audit: CHES on refusal pairs (near-duplicate and distinct rejections)")
+    model, tok = _load(sft_dir)
+    dpo_pairs = refusal_pairs(world, int(96 * scale), seed=seed, similar=True) + refusal_pairs(world, int(96 * scale), seed=seed + 7, similar=False)
+    audit = audit_pairs(model, tok, dpo_pairs, progress=False)
+    keep, drop = ches_filter([r["ln_ches"] for r in audit.rows], drop_fraction=0.5)
+    for i, row in enumerate(audit.rows):
+        row["flagged"] = i in set(drop)
+    write_table(audit.rows, out / "ches.csv")
+    similar_flagged = sum(dpo_pairs[i].meta.get("similar", False) for i in drop) / max(len(drop), 1)
+    summary["audit"] = {**dataset_findings(dpo_pairs, audit.rows), "flagged_share_near_duplicates": similar_flagged}
+
+    step("5/6 DPO with the displacement monitor, on all pairs and on the CHES-filtered pairs")
+    unsafe = [p.prompt for p in prompt_data(world, 40, seed=seed + 3, kinds=["howto"], unsafe=True)]
+    summary["refusal_rate_sft"] = refusals(model, tok, unsafe)
+    held = refusal_pairs(world, 32, seed=seed + 11, similar=True)
+    for name, subset in (("dpo_all", dpo_pairs), ("dpo_filtered", [dpo_pairs[i] for i in keep])):
+        model, tok = _load(sft_dir)
+        train(_cfg("dpo", out / name, batch_size=8, epochs=2, lr=5e-4, beta=0.1, eval_steps=4, seed=seed),
+              train_examples=subset, eval_examples=held, model=model, tokenizer=tok, log=lambda *a: None)
+        disp = [json.loads(line) for line in (out / name / "displacement.jsonl").read_text().splitlines()]
+        trained, _ = _load(out / name / "final")
+        summary[name] = {"pairs": len(subset), "final_fraction_chosen_fell": disp[-1]["fraction_chosen_fell"],
+                         "final_mean_chosen_change": disp[-1]["mean_chosen_change"], "refusal_rate": refusals(trained, tok, unsafe)}
+    for f in ("metrics.jsonl", "displacement.jsonl", "eval_logps.jsonl", "pitfalls.jsonl"):
+        if (out / "dpo_all" / f).exists():
+            shutil.copy(out / "dpo_all" / f, out / f)
+
+    step("6/6 RLOO taught by two reward models, measured against the gold reward")
+    from alignscope.training.rl import RLConfig, train_rl
+
+    rms = {"accurate_low_variance": LowVarianceGold(gold), "learned_rm": learned_rm}
+    policy, tok = _load(sft_dir)
+    prompts = [p.prompt for p in prompt_data(world, 64, seed=seed + 5, kinds=["yesno", "describe", "list"])]
+    rm_audit = audit_reward_models(rms, policy, tok, prompts[:32], n=8, pairs=rm_pairs[:128], gold=gold, max_new_tokens=24, seed=seed)
+    write_outputs(rm_audit, out)
+    log(format_table(rm_audit))
+    summary["rl"] = {}
+    for name, fn in rms.items():
+        policy, tok = _load(sft_dir)
+        cfg = RLConfig(algorithm="rloo", prompts="<memory>", reward="<object>", output_dir=str(out / f"rl_{name}"),
+                       steps=int(30 * scale), prompts_per_step=8, samples_per_prompt=4, max_new_tokens=24, lr=2e-4,
+                       kl_coef=0.02, seed=seed, progress=False)
+        train_rl(cfg, model=policy, tokenizer=tok, prompts=prompts, reward_fn=fn, gold_fn=gold, log=lambda *a: None)
+        rows = [json.loads(line) for line in (out / f"rl_{name}" / "metrics.jsonl").read_text().splitlines()]
+        golds = [r["reward/gold_mean"] for r in rows if "reward/gold_mean" in r]
+        summary["rl"][name] = {"gold_start": golds[0], "gold_end": sum(golds[-3:]) / len(golds[-3:]),
+                               "gold_gain": sum(golds[-3:]) / len(golds[-3:]) - golds[0]}
+    shutil.copy(out / "rl_learned_rm" / "rl_metrics.jsonl", out / "rl_metrics.jsonl")
+
+    from alignscope.report import build_report
+
+    summary["report"] = str(build_report(out))
+    summary["seconds"] = round(time.time() - t0, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    log(format_summary(summary))
+    return summary
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    a, rl = s["audit"], s["rl"]
+    lines = [
+        "",
+        "== alignscope demo: what went wrong, measured against the gold reward ==",
+        f"data audit: {a['pairs']} pairs; the top half by LN-CHES is {a['flagged_share_near_duplicates']:.0%} near-duplicate rejections",
+        f"likelihood displacement (DPO, all pairs): chosen log-prob fell on {s['dpo_all']['final_fraction_chosen_fell']:.0%} of held-out pairs "
+        f"(mean change {s['dpo_all']['final_mean_chosen_change']:+.2f}); refusal rate {s['refusal_rate_sft']:.0%} after SFT -> {s['dpo_all']['refusal_rate']:.0%}",
+        f"with the CHES filter ({s['dpo_filtered']['pairs']} pairs kept): fell on {s['dpo_filtered']['final_fraction_chosen_fell']:.0%} "
+        f"(mean change {s['dpo_filtered']['final_mean_chosen_change']:+.2f}); refusal rate {s['dpo_filtered']['refusal_rate']:.0%}",
+    ]
+    for name, r in rl.items():
+        lines.append(f"RLOO taught by {name}: gold reward {r['gold_start']:.3f} -> {r['gold_end']:.3f} (gain {r['gold_gain']:+.3f})")
+    lines.append(f"report: {s['report']}  ({s['seconds']}s)")
+    return "\n".join(lines)
