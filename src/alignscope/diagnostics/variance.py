@@ -89,7 +89,7 @@ def teacher_table(
     """Rank candidate RMs by how well they should teach *this* policy, best first.
 
     `rms` maps a name to (rewards [P, n] on the policy's samples, off-policy accuracy or None);
-    `gold` [P, n] gives on-policy accuracy. Score = (2·acc − 1)·mean_var^(1/3): the theorem bounds
+    `gold` [P, n] gives on-policy accuracy. Score = (2·acc − 1)·mean_x Var_x^(1/3): the theorem bounds
     the time to raise the reward by Ω(Var^(−1/3)), so speed grows like Var^(1/3), and accuracy sets
     the direction (0.5 is a coin flip). acc is on-policy when measured, else off-policy, else 1.
     `threshold` marks a prompt (and a mean) as low-variance; `accurate` is the bar for "accurate".
@@ -103,7 +103,10 @@ def teacher_table(
             onpolicy = on_policy_accuracy(rewards, gold)
             onpolicy = None if np.isnan(onpolicy) else onpolicy
         acc = onpolicy if onpolicy is not None else offpolicy
-        score = (2.0 * (1.0 if acc is None else acc) - 1.0) * mean_var ** (1.0 / 3.0)
+        # Per prompt, the time to move the reward scales as Var_x^(-1/3): average the speeds, not the variances,
+        # so an RM that is flat on half the prompts is not rescued by large variance on the rest.
+        speed = float(np.mean(np.cbrt(np.maximum(var, 0.0))))
+        score = (2.0 * (1.0 if acc is None else acc) - 1.0) * speed
         rows.append(TeacherRow(
             name=name,
             mean_variance=mean_var,

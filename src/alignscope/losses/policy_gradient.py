@@ -1,6 +1,9 @@
 """Policy-gradient pieces as pure tensor functions: advantages, KL estimators, surrogate losses.
 
-Rewards come in groups: `[num_prompts, n]`, n samples per prompt.
+Group-based methods take rewards shaped `[num_prompts, n]` (n samples per prompt) and return
+advantages of the same shape. Token-level tensors are `[B, T]` with a `mask` marking response
+tokens (right padding). Keeping these pure lets tests check every formula by hand and lets the
+RL loop combine them freely.
 """
 
 from __future__ import annotations
@@ -9,50 +12,82 @@ import math
 
 import torch
 
+from alignscope.errors import ConfigError, did_you_mean
+
+BASELINES = ("mean", "none")
+LOSS_AGGREGATIONS = ("token_mean", "seq_mean", "dr_grpo")
+
+
+def _need_group(rewards: torch.Tensor, method: str) -> None:
+    if rewards.dim() < 1 or rewards.shape[-1] < 2:
+        raise ConfigError(
+            f"{method} needs at least 2 samples per prompt (rewards shaped [num_prompts, n]), got shape {tuple(rewards.shape)}",
+            "sample n >= 2 responses per prompt",
+        )
+
 
 def reinforce_advantages(rewards: torch.Tensor, baseline: str | float = "mean") -> torch.Tensor:
-    """r - b with b the group mean ('mean'), zero ('none'), or a constant."""
-    if baseline == "mean":
-        return rewards - rewards.mean(dim=-1, keepdim=True)
-    if baseline == "none":
-        return rewards.clone()
+    """r − b, with b the group mean ('mean'), zero ('none') or a constant: a baseline cuts variance, not bias."""
+    if isinstance(baseline, str):
+        if baseline == "mean":
+            return rewards - rewards.mean(dim=-1, keepdim=True)
+        if baseline == "none":
+            return rewards.clone()
+        raise ConfigError(f"unknown REINFORCE baseline '{baseline}'{did_you_mean(baseline, BASELINES)}", "use mean, none, or a number")
     return rewards - float(baseline)
 
 
 def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
-    """RLOO: A_i = r_i - mean_{j != i} r_j = n/(n-1) * (r_i - mean)."""
+    """RLOO (Ahmadian et al. 2024): A_i = r_i − mean_{j≠i} r_j = n/(n−1)·(r_i − mean).
+
+    The leave-one-out baseline does not depend on r_i, so the estimator stays unbiased.
+    """
+    _need_group(rewards, "RLOO")
     n = rewards.shape[-1]
-    if n < 2:
-        raise ValueError("RLOO needs at least 2 samples per prompt")
-    return (rewards - rewards.mean(dim=-1, keepdim=True)) * n / (n - 1)
+    return (rewards - rewards.mean(dim=-1, keepdim=True)) * (n / (n - 1))
 
 
 def grpo_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-    """GRPO: (r - mean) / (std + eps), std unbiased as in TRL's GRPOTrainer (torch.std default)."""
-    return (rewards - rewards.mean(dim=-1, keepdim=True)) / (rewards.std(dim=-1, keepdim=True) + eps)
+    """GRPO (Shao et al. 2024): (r − mean) / (std + eps) within each group.
+
+    std is the unbiased (Bessel-corrected, n − 1) group std and eps = 1e-4, exactly as TRL's
+    GRPOTrainer computes it (`rewards.view(-1, G).std(dim=1)`, torch's default). Groups whose
+    rewards all agree get advantage 0 (their std is 0, the numerator too).
+    """
+    _need_group(rewards, "GRPO")
+    centred = rewards - rewards.mean(dim=-1, keepdim=True)
+    return centred / (rewards.std(dim=-1, keepdim=True) + eps)
 
 
 def dr_grpo_advantages(rewards: torch.Tensor) -> torch.Tensor:
-    """Dr. GRPO: r - mean, no std normalisation (Liu et al. 2025)."""
+    """Dr. GRPO (Liu et al. 2025): r − mean; dividing by the std up-weights near-flat groups."""
+    _need_group(rewards, "Dr. GRPO")
     return rewards - rewards.mean(dim=-1, keepdim=True)
 
 
 def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """log pi - log pi_ref: unbiased, can be negative per token."""
+    """log π − log π_ref per sampled token: unbiased for KL(π‖π_ref), high variance, can be negative."""
     return logp - ref_logp
 
 
 def kl_k2(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """½(log π − log π_ref)²: biased but low variance and non-negative (Schulman's k2)."""
     return 0.5 * (logp - ref_logp) ** 2
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """exp(ref - logp) - (ref - logp) - 1: unbiased and non-negative (Schulman's k3)."""
+    """exp(d) − d − 1 with d = log π_ref − log π: unbiased and non-negative (Schulman's k3)."""
     d = ref_logp - logp
     return torch.exp(d) - d - 1
 
 
-def _aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str, max_len: int | None) -> torch.Tensor:
+def aggregate_tokens(per_token: torch.Tensor, mask: torch.Tensor, how: str = "token_mean", max_len: int | None = None) -> torch.Tensor:
+    """Reduce a [B, T] per-token loss to a scalar.
+
+    token_mean: mean over all response tokens of the batch; seq_mean: mean over tokens within a
+    sequence, then over sequences (short responses weigh more per token); dr_grpo: sum over
+    tokens / (B·max_len), a constant normaliser, so no length bias (Liu et al. 2025).
+    """
     m = mask.to(per_token.dtype)
     if how == "token_mean":
         return (per_token * m).sum() / m.sum().clamp(min=1)
@@ -60,7 +95,7 @@ def _aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str, max_len: i
         return ((per_token * m).sum(-1) / m.sum(-1).clamp(min=1)).mean()
     if how == "dr_grpo":
         return (per_token * m).sum() / (per_token.shape[0] * (max_len or per_token.shape[1]))
-    raise ValueError(f"unknown loss aggregation '{how}' (token_mean, seq_mean, dr_grpo)")
+    raise ConfigError(f"unknown loss aggregation '{how}'{did_you_mean(how, LOSS_AGGREGATIONS)}", f"use one of {', '.join(LOSS_AGGREGATIONS)}")
 
 
 def policy_gradient_loss(
@@ -74,68 +109,109 @@ def policy_gradient_loss(
     kl_coef: float = 0.0,
     ref_token_logps: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Clipped surrogate -min(ratio*A, clip(ratio)*A) (+ kl_coef * k3 to the reference).
+    """The clipped surrogate −min(ρ·A, clip(ρ, 1−ε, 1+ε)·A), ρ = π/π_old, plus kl_coef·k3 to π_ref.
 
-    `advantages` is [B] (one per sequence) or [B, T] (per token, e.g. from GAE). With no old
-    log-probs the ratio is 1 and the gradient is plain REINFORCE.
+    `advantages` is [B] (one per sequence, broadcast over its tokens) or [B, T] (per token, GAE).
+    Without `old_token_logps` the ratio is 1 (old = detached current), so the gradient is plain
+    REINFORCE: −A·∇log π. The k3 term is the "KL in the loss" variant (GRPO); pass kl_coef=0 when
+    the KL is put in the reward instead (`kl_penalised_rewards`).
     """
     old = token_logps.detach() if old_token_logps is None else old_token_logps
     adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
     ratio = torch.exp(token_logps - old)
     per_token = -torch.minimum(ratio * adv, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv)
-    if kl_coef and ref_token_logps is not None:
+    if kl_coef:
+        if ref_token_logps is None:
+            raise ConfigError("kl_coef is set but no reference log-probabilities were given", "pass ref_token_logps, or kl_coef=0")
         per_token = per_token + kl_coef * kl_k3(token_logps, ref_token_logps)
-    return _aggregate(per_token, mask, loss_agg, max_len)
+    return aggregate_tokens(per_token, mask, loss_agg, max_len)
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation over [B, T] per-token rewards; returns (advantages, returns)."""
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016) over right-padded [B, T] tokens.
+
+    δ_t = r_t + γ·V_{t+1} − V_t (V = 0 after the last response token), A_t = δ_t + γλ·A_{t+1};
+    returns (advantages, returns = A + V), both zero on padding.
+    """
     m = mask.to(values.dtype)
     adv = torch.zeros_like(values)
-    last = torch.zeros(values.shape[0], dtype=values.dtype, device=values.device)
+    nxt_adv = torch.zeros_like(values[:, 0])
     for t in reversed(range(values.shape[1])):
-        next_v = values[:, t + 1] * m[:, t + 1] if t + 1 < values.shape[1] else torch.zeros_like(last)
-        delta = rewards[:, t] + gamma * next_v - values[:, t]
-        last = (delta + gamma * lam * last * (m[:, t + 1] if t + 1 < values.shape[1] else 0)) * m[:, t]
-        adv[:, t] = last
+        nxt_m = m[:, t + 1] if t + 1 < values.shape[1] else torch.zeros_like(nxt_adv)
+        nxt_v = values[:, t + 1] * nxt_m if t + 1 < values.shape[1] else torch.zeros_like(nxt_adv)
+        delta = rewards[:, t] + gamma * nxt_v - values[:, t]
+        nxt_adv = (delta + gamma * lam * nxt_adv * nxt_m) * m[:, t]
+        adv[:, t] = nxt_adv
     return adv, (adv + values) * m
 
 
-def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float = 0.2) -> torch.Tensor:
-    """PPO's clipped value loss: 0.5 * max((v - R)^2, (clip(v) - R)^2), token mean."""
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float = 0.2
+) -> torch.Tensor:
+    """PPO's clipped value loss ½·max((V − R)², (V_clip − R)²), V_clip = V_old + clip(V − V_old, ±clip); token mean."""
     clipped = old_values + torch.clamp(values - old_values, -clip, clip)
     per_token = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
-    return _aggregate(per_token, mask, "token_mean", None)
+    return aggregate_tokens(per_token, mask, "token_mean")
 
 
 class FixedKLController:
+    """A constant KL coefficient, with the same `value`/`update` interface as the adaptive one."""
+
     def __init__(self, kl_coef: float):
-        self.value = kl_coef
+        self.value = float(kl_coef)
 
     def update(self, current_kl: float, n_steps: int) -> None:
-        return None
+        """Nothing to adapt."""
 
 
 class AdaptiveKLController:
-    """Ziegler et al. (2019): move the coefficient so that the KL tracks `target`."""
+    """Ziegler et al. (2019): a proportional controller that steers the measured KL towards `target`.
+
+    e = clip(KL/target − 1, −0.2, 0.2); β ← β·(1 + e·n_steps/horizon).
+    """
 
     def __init__(self, init_kl_coef: float, target: float, horizon: int):
-        self.value, self.target, self.horizon = init_kl_coef, target, horizon
+        if target <= 0 or horizon <= 0:
+            raise ConfigError(f"adaptive KL needs target > 0 and horizon > 0, got {target} and {horizon}")
+        self.value, self.target, self.horizon = float(init_kl_coef), float(target), int(horizon)
 
     def update(self, current_kl: float, n_steps: int) -> None:
-        error = max(-0.2, min(0.2, current_kl / self.target - 1))
-        self.value *= 1 + error * n_steps / self.horizon
+        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
+
+
+def _last_index(mask: torch.Tensor) -> torch.Tensor:
+    lengths = mask.sum(-1).long()
+    if bool((lengths == 0).any()):
+        raise ValueError("every sequence needs at least one response token in the mask")
+    return lengths - 1
 
 
 def kl_penalised_rewards(scores: torch.Tensor, token_kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
-    """Per-token rewards: -kl_coef * KL at every token, plus the score on the last response token."""
+    """Per-token rewards for PPO with the KL in the reward (k1 style, Ziegler et al. / InstructGPT).
+
+    r_t = −kl_coef·kl_t on every response token, plus the sequence score on the last one.
+    """
     m = mask.to(token_kl.dtype)
     rewards = -kl_coef * token_kl * m
-    last = m.sum(-1).long() - 1
-    rewards[torch.arange(len(last)), last] += scores
+    last = _last_index(mask)
+    rewards[torch.arange(len(last), device=rewards.device), last] += scores.to(rewards.dtype)
     return rewards
 
 
+def kl_penalised_scores(scores: torch.Tensor, token_kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """Sequence-level version for REINFORCE/RLOO/GRPO: score − kl_coef·Σ_t kl_t."""
+    return scores - kl_coef * (token_kl * mask.to(token_kl.dtype)).sum(-1)
+
+
 def best_of_n_kl_bound(n: int) -> float:
-    """KL(best-of-n || pi) <= log n - (n-1)/n (Stiennon et al.; exact for continuous rewards)."""
+    """KL(best-of-n ‖ π) ≤ log n − (n−1)/n.
+
+    The formula of Stiennon et al. (2020) and Gao et al. (2022) is an upper bound on the true KL
+    (Beirami et al. 2024), tight when no single response carries much probability.
+    """
+    if n < 1:
+        raise ConfigError(f"best-of-n needs n >= 1, got {n}")
     return math.log(n) - (n - 1) / n

@@ -1,139 +1,285 @@
-"""Reward sources behind one interface: `(prompts, responses) -> tensor [N]`.
+"""Reward sources behind one interface: `source(prompts, responses) -> float32 tensor [N]`.
 
-A Python function (imported from 'module:function', never evaluated), a reward model (an
-alignscope RM folder or a Hugging Face sequence classifier), the implicit reward of a DPO
-policy, or an ensemble of these.
+RL, best-of-n, prompt selection and the RM audit only see this interface, so a Python function,
+a reward model (an alignscope RM folder or a Hugging Face sequence classifier), the implicit
+reward of a DPO policy, or an ensemble of these are interchangeable.
 """
 
 from __future__ import annotations
 
 import importlib
-import math
+import importlib.util
+import os
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Literal
 
 import torch
 
 from alignscope.data.records import Prompt
-from alignscope.data.tokenize import encode_response
-from alignscope.errors import ConfigError, ModelError
-from alignscope.models.scoring import pad_batch, pad_token_id
+from alignscope.data.tokenize import encode_response, render_prompt
+from alignscope.errors import ConfigError, ModelError, did_you_mean
+from alignscope.losses.reward import ENSEMBLE_AGGREGATIONS, aggregate_ensemble
+from alignscope.models.scoring import pad_token_id
+
+RewardFn = Callable[[list[Prompt], list[str]], Any]
 
 
-class RewardSource(Protocol):
-    def __call__(self, prompts: list[Prompt], responses: list[str]) -> torch.Tensor: ...
+class RewardSource(ABC):
+    """Scores N (prompt, response) pairs at once; batching is the source's business."""
+
+    @abstractmethod
+    def __call__(self, prompts: list[Prompt], responses: list[str]) -> torch.Tensor:
+        """float32 rewards [N], one per (prompt, response), all finite."""
 
 
-def _as_rewards(values: Any, n: int, where: str) -> torch.Tensor:
+def _check_lengths(prompts: Sequence[Prompt], responses: Sequence[str]) -> None:
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses: pass one prompt per response")
+
+
+def as_rewards(values: Any, n: int, where: str) -> torch.Tensor:
+    """Validate what a reward source returned: n finite numbers, as a float32 CPU tensor."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu()
     try:
         r = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"reward {where} returned something that is not a list of numbers ({e})") from None
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"reward {where} returned something that is not a list of numbers ({e})", "return one float per response") from None
     if r.numel() != n:
         raise ConfigError(f"reward {where} returned {r.numel()} values for {n} responses", "return one float per (prompt, response)")
-    if not torch.isfinite(r).all():
-        raise ConfigError(f"reward {where} returned non-finite values (NaN or inf)", "make the reward finite for every response")
+    if not bool(torch.isfinite(r).all()):
+        bad = int((~torch.isfinite(r)).sum())
+        raise ConfigError(f"reward {where} returned {bad} non-finite value(s) (NaN or inf)", "make the reward finite for every response")
     return r
 
 
-class FunctionReward:
-    """`fn(prompts, responses) -> list of floats`, given as a callable or imported from 'module:function'."""
+def _import_module(module: str, spec: str):
+    if module.endswith(".py"):
+        path = Path(module)
+        if not path.is_file():
+            raise ConfigError(f"reward file '{module}' does not exist (in '{spec}')")
+        mod_spec = importlib.util.spec_from_file_location(f"_alignscope_reward_{path.stem}", path)
+        mod = importlib.util.module_from_spec(mod_spec)
+        mod_spec.loader.exec_module(mod)
+        return mod
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name is None or not (module == e.name or module.startswith(e.name + ".")):
+            raise ConfigError(f"cannot import '{module}' for reward '{spec}': {e}", "install what the module imports") from None
+    # Console scripts do not put the working directory on sys.path, yet a reward module next to
+    # the user's config is the common case: add it, last (after every installed module), when
+    # the module is there.
+    cwd, top = os.getcwd(), module.split(".")[0]
+    if cwd not in sys.path and (Path(cwd, f"{top}.py").is_file() or Path(cwd, top, "__init__.py").is_file()):
+        sys.path.append(cwd)
+        importlib.invalidate_caches()
+        return importlib.import_module(module)
+    raise ConfigError(f"cannot import '{module}' for reward '{spec}': no module named '{module}'", "check the name, or put its folder on PYTHONPATH")
 
-    def __init__(self, spec: str | Callable):
+
+def import_reward_function(spec: str) -> Callable:
+    """Import `module:function` (or `path/to/file.py:function`) with importlib; nothing is evaluated."""
+    module, sep, attr = str(spec).rpartition(":")
+    if not sep or not module.strip() or not attr.strip():
+        raise ConfigError(f"reward function '{spec}': expected module:function", "write e.g. my_rewards:length_reward")
+    obj: Any = _import_module(module.strip(), spec)
+    for part in attr.strip().split("."):
+        if not hasattr(obj, part):
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            raise ConfigError(f"module '{module}' has no attribute '{attr}'{did_you_mean(part, names)}", "check the function name after the colon")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"'{spec}' is a {type(obj).__name__}, not a function")
+    return obj
+
+
+class FunctionReward(RewardSource):
+    """A Python reward function, called once per batch: `fn(prompts, responses) -> N floats`.
+
+    One calling convention only (batch, as TRL's reward functions), so a function that needs
+    batching (an API, a verifier pool) gets it and per-pair functions are a one-line list
+    comprehension. Given as a callable or as 'module:function' imported with importlib.
+    """
+
+    def __init__(self, spec: str | RewardFn):
         if callable(spec):
             self.fn, self.name = spec, getattr(spec, "__name__", repr(spec))
-            return
-        module, sep, attr = str(spec).partition(":")
-        if not sep or not module or not attr:
-            raise ConfigError(f"reward function '{spec}' is not of the form module:function", "write e.g. my_rewards:score")
-        try:
-            mod = importlib.import_module(module)
-        except ImportError as e:
-            raise ConfigError(f"cannot import module '{module}' for reward '{spec}': {e}", "check PYTHONPATH and the module name") from None
-        if not hasattr(mod, attr):
-            raise ConfigError(f"module '{module}' has no attribute '{attr}'", "check the function name after the colon")
-        self.fn, self.name = getattr(mod, attr), str(spec)
+        else:
+            self.fn, self.name = import_reward_function(spec), str(spec)
 
-    def __call__(self, prompts, responses):
-        return _as_rewards(self.fn(list(prompts), list(responses)), len(responses), f"'{self.name}'")
+    def __call__(self, prompts: list[Prompt], responses: list[str]) -> torch.Tensor:
+        _check_lengths(prompts, responses)
+        return as_rewards(self.fn(list(prompts), list(responses)), len(responses), f"'{self.name}'")
 
 
-class ModelReward:
-    """A reward model scoring (prompt, response) with the same tokenization the trainers use."""
+Encoding = Literal["auto", "training", "chat"]
 
-    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 32, max_length: int | None = 1024):
-        self.model, self.tok, self.batch_size, self.max_length = model.eval(), tokenizer, batch_size, max_length
 
-    @torch.no_grad()
-    def __call__(self, prompts, responses):
+class ModelReward(RewardSource):
+    """A sequence-classification reward model: one scalar per full (prompt, response) sequence.
+
+    `model` is an alignscope `RewardModel`, a Hugging Face `AutoModelForSequenceClassification`
+    with num_labels=1, or any module with `forward(input_ids, attention_mask) -> [B]`.
+    `encoding` chooses the text the model reads:
+    - "training": the tokens alignscope's RM trainer used (prompt with the generation prompt,
+      response with the exact boundary, EOS appended); the default for `RewardModel`, since an
+      RM scores best on the format it was trained on;
+    - "chat": the format public RMs are trained on; a message-list prompt gets the response as an
+      assistant turn, rendered by the chat template (`tokenize=False`), and a text prompt is
+      concatenated with the response; the default for every other model.
+    Sequences longer than `max_length` keep their last tokens (the score is read at the end).
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 32, max_length: int | None = 1024, encoding: Encoding = "auto"):
         from alignscope.models.reward_model import RewardModel
 
-        encs = [encode_response(self.tok, p, r, max_length=self.max_length) for p, r in zip(prompts, responses)]
+        if encoding not in ("auto", "training", "chat"):
+            raise ConfigError(f"unknown reward-model encoding '{encoding}'", "use auto, training or chat")
+        if encoding == "auto":
+            encoding = "training" if isinstance(model, RewardModel) else "chat"
+        self.model, self.tok, self.batch_size, self.max_length, self.encoding = model, tokenizer, batch_size, max_length, encoding
+        self.pad_id = pad_token_id(tokenizer)
+        config = getattr(model, "config", None)
+        if not isinstance(model, RewardModel) and config is not None and hasattr(config, "pad_token_id"):
+            # HF classifiers read the score at the last non-pad token, so they must know the pad id we use.
+            if config.pad_token_id is None:
+                config.pad_token_id = self.pad_id
+            self.pad_id = config.pad_token_id
+
+    def encode(self, prompt: Prompt, response: str) -> list[int]:
+        if self.encoding == "training":
+            enc = encode_response(self.tok, prompt, response)
+            ids = enc.prompt_ids + enc.response_ids
+        elif isinstance(prompt, str):
+            ids = self.tok(prompt + response)["input_ids"]
+        elif getattr(self.tok, "chat_template", None):
+            text = self.tok.apply_chat_template(list(prompt) + [{"role": "assistant", "content": response}], tokenize=False)
+            ids = self.tok(text, add_special_tokens=False)["input_ids"]
+        else:
+            ids = self.tok(render_prompt(self.tok, prompt) + " " + response)["input_ids"]
+        if not ids:
+            raise ValueError("an empty prompt and response leave nothing for the reward model to read")
+        return ids[-self.max_length :] if self.max_length else ids
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[Prompt], responses: list[str]) -> torch.Tensor:
+        _check_lengths(prompts, responses)
+        seqs = [self.encode(p, r) for p, r in zip(prompts, responses)]
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # length buckets: little padding
         device = next(self.model.parameters()).device
-        out = []
-        for s in range(0, len(encs), self.batch_size):
-            chunk = encs[s : s + self.batch_size]
-            ids, attn, _, _ = pad_batch([e.prompt_ids or [self.tok.eos_token_id] for e in chunk], [e.response_ids for e in chunk], pad_token_id(self.tok), device=device)
-            if isinstance(self.model, RewardModel):
-                out.append(self.model(ids, attn).float().cpu())
-            else:
-                out.append(self.model(input_ids=ids, attention_mask=attn).logits[:, 0].float().cpu())
-        return _as_rewards(torch.cat(out) if out else torch.zeros(0), len(responses), "model")
+        out = torch.zeros(len(seqs))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for s in range(0, len(order), self.batch_size):
+                idx = order[s : s + self.batch_size]
+                width = max(len(seqs[i]) for i in idx)
+                ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
+                attn = torch.zeros_like(ids)
+                for row, i in enumerate(idx):
+                    ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
+                    attn[row, : len(seqs[i])] = 1
+                res = self.model(input_ids=ids.to(device), attention_mask=attn.to(device))
+                scores = getattr(res, "logits", res)
+                if scores.dim() == 2:
+                    if scores.shape[-1] != 1:
+                        raise ModelError(f"the reward model returns {scores.shape[-1]} scores per sequence", "use a sequence classifier with num_labels=1")
+                    scores = scores[:, 0]
+                out[torch.tensor(idx)] = scores.float().cpu()
+        finally:
+            self.model.train(was_training)
+        return as_rewards(out, len(responses), "model")
 
 
-class ImplicitReward:
-    """beta * (log pi(y|x) - log pi_ref(y|x)): the reward a DPO policy defines."""
+class ImplicitReward(RewardSource):
+    """β·(log π(y|x) − log π_ref(y|x)): the reward a DPO-trained policy defines (science.md §1, §4).
 
-    def __init__(self, policy, reference, tokenizer, beta: float = 0.1, batch_size: int = 16):
-        self.policy, self.reference, self.tok, self.beta, self.batch_size = policy, reference, tokenizer, beta, batch_size
+    Scored by the project's one scoring engine (`models.scoring.sequence_logps`), so the
+    log-probabilities are exactly those the DPO trainer optimised.
+    """
 
-    def __call__(self, prompts, responses):
+    def __init__(self, policy: torch.nn.Module, reference: torch.nn.Module, tokenizer, beta: float = 0.1, batch_size: int = 16):
+        self.policy, self.reference, self.tok, self.beta, self.batch_size = policy, reference, tokenizer, float(beta), batch_size
+
+    def __call__(self, prompts: list[Prompt], responses: list[str]) -> torch.Tensor:
         from alignscope.models.scoring import sequence_logps
 
-        lp = sequence_logps(self.policy, self.tok, prompts, responses, self.batch_size)
-        lr = sequence_logps(self.reference, self.tok, prompts, responses, self.batch_size)
-        return (self.beta * (lp - lr)).float()
+        _check_lengths(prompts, responses)
+        lp = sequence_logps(self.policy, self.tok, list(prompts), list(responses), self.batch_size)
+        lr = sequence_logps(self.reference, self.tok, list(prompts), list(responses), self.batch_size)
+        return as_rewards(self.beta * (lp.double() - lr.double()), len(responses), "implicit")
 
 
-class EnsembleReward:
-    """Mean, min, or mean - k*std over several sources (a hedge against over-optimising one RM)."""
+class EnsembleReward(RewardSource):
+    """mean, min, or mean − k·std over several sources: a hedge against over-optimising one RM (Coste et al. 2024).
 
-    def __init__(self, sources: list[Callable], how: str = "mean", k: float = 1.0):
-        if how not in ("mean", "min", "mean_minus_std"):
-            raise ConfigError(f"unknown ensemble aggregation '{how}'", "use mean, min or mean_minus_std")
-        self.sources, self.how, self.k = sources, how, k
+    The std is the population std over members (`losses.reward.aggregate_ensemble`).
+    """
 
-    def __call__(self, prompts, responses):
-        r = torch.stack([_as_rewards(s(prompts, responses), len(responses), "ensemble member") for s in self.sources])
-        if self.how == "mean":
-            return r.mean(0)
-        if self.how == "min":
-            return r.min(0).values
-        return r.mean(0) - self.k * r.std(0, unbiased=False)
+    def __init__(self, sources: Sequence[RewardSource | RewardFn], how: str = "mean", k: float = 1.0):
+        if how not in ENSEMBLE_AGGREGATIONS:
+            raise ConfigError(f"unknown ensemble aggregation '{how}'{did_you_mean(how, ENSEMBLE_AGGREGATIONS)}", f"use one of {', '.join(ENSEMBLE_AGGREGATIONS)}")
+        if not sources:
+            raise ConfigError("an ensemble needs at least one reward source")
+        self.sources, self.how, self.k = list(sources), how, float(k)
+
+    def __call__(self, prompts: list[Prompt], responses: list[str]) -> torch.Tensor:
+        _check_lengths(prompts, responses)
+        r = torch.stack([as_rewards(s(prompts, responses), len(responses), f"ensemble member {i}") for i, s in enumerate(self.sources)])
+        return aggregate_ensemble(r, self.how, self.k)
 
 
-def load_reward_source(spec: str | Callable, batch_size: int = 32) -> RewardSource:
-    """'module:function', a callable, 'lab:gold', an alignscope RM folder, or a sequence-classifier folder."""
+def _sequence_classifier(path: Path) -> bool:
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return False
+    return any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+
+
+def load_reward_source(spec: str | RewardFn, **kw: Any) -> RewardSource:
+    """Build a reward source from its spec.
+
+    - a callable, or 'module:function' / 'file.py:function' -> `FunctionReward`;
+    - 'lab:gold' -> the lab's gold reward;
+    - a folder with an alignscope reward model or a saved Hugging Face sequence classifier ->
+      `ModelReward` (`kw` go to it: batch_size, max_length, encoding).
+    A causal-LM folder is refused: loading it as a classifier would add a random score head.
+    """
     if callable(spec):
         return FunctionReward(spec)
+    spec = str(spec)
     if spec == "lab:gold":
         from alignscope.lab.gold import gold_rewards
 
         return FunctionReward(gold_rewards)
     path = Path(spec)
     if path.is_dir():
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
         from alignscope.models.reward_model import RewardModel, is_reward_model_dir
 
         if is_reward_model_dir(path):
-            from transformers import AutoTokenizer
-
-            return ModelReward(RewardModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), batch_size)
+            return ModelReward(RewardModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), **kw)
+        if not _sequence_classifier(path):
+            raise ModelError(
+                f"'{spec}' is not a reward model folder (no alignscope_reward.json, and its config is not a *ForSequenceClassification)",
+                "train one with `alignscope train rm`, or give a module:function reward",
+            )
         try:
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-            return ModelReward(AutoModelForSequenceClassification.from_pretrained(path), AutoTokenizer.from_pretrained(path), batch_size)
+            model = AutoModelForSequenceClassification.from_pretrained(path)
+            tok = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as e:
-            raise ModelError(f"'{spec}' is not a reward model folder: {e}", "train one with alignscope train rm") from None
-    if ":" in str(spec) and not path.exists():
+            raise ModelError(f"cannot load the reward model in '{spec}': {e}") from None
+        if model.config.num_labels != 1:
+            raise ModelError(f"'{spec}' has {model.config.num_labels} labels; a reward model has one")
+        return ModelReward(model, tok, **kw)
+    if ":" in spec and not path.exists():
         return FunctionReward(spec)
     raise ConfigError(f"reward '{spec}' is neither a folder nor module:function", "give a reward-model folder, module:function, or lab:gold")

@@ -2,26 +2,32 @@
 
 Rollouts feed RL, best-of-n, prompt selection and the RM audit. Hugging Face `generate` is the
 default engine; `VLLMGenerator` has the same interface for GPU users with vLLM installed.
+The log-probabilities are those of the distribution the tokens were actually drawn from (after
+temperature and top-p), which is what an off-policy correction or a KL estimate needs.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 
 from alignscope.data.records import Prompt
-from alignscope.data.tokenize import uses_special_tokens, render_prompt
+from alignscope.data.tokenize import render_prompt, uses_special_tokens
 from alignscope.errors import ConfigError, ModelError
 from alignscope.models.scoring import pad_token_id
 
 
 @dataclass
 class GenerationConfig:
+    """How to sample: `n` responses per prompt, at most `max_new_tokens` each (greedy when not `do_sample`)."""
+
     max_new_tokens: int = 32
     temperature: float = 1.0
     top_p: float = 1.0
-    n: int = 1  # samples per prompt
+    n: int = 1
     do_sample: bool = True
     seed: int | None = None
 
@@ -36,86 +42,166 @@ class GenerationConfig:
 
 @dataclass
 class Rollout:
-    """Samples in prompt order, each prompt's n samples consecutive."""
+    """Samples in prompt order, each prompt's n samples consecutive (sample j is for prompt `prompt_index[j]`)."""
 
     prompt_ids: list[list[int]]
-    response_ids: list[list[int]]  # trimmed after the first EOS (EOS kept)
-    texts: list[str]  # decoded responses without EOS or special tokens
+    response_ids: list[list[int]]  # cut after the first stop token, which is kept
+    texts: list[str]  # decoded responses, stop token and special tokens left out
     prompt_index: list[int]
-    logprobs: list[torch.Tensor] = field(default_factory=list)  # per response token, under the sampling distribution
+    logprobs: list[torch.Tensor] = field(default_factory=list)  # [len(response_ids[j])] float32, sampling distribution
+    stop_ids: tuple[int, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.response_ids)
+
+    @property
+    def finished(self) -> list[bool]:
+        """Whether each response stopped on its own (ended with a stop token) rather than at the length cap."""
+        return [bool(r) and r[-1] in self.stop_ids for r in self.response_ids]
+
+
+def encode_prompts(tokenizer, prompts: list[Prompt]) -> list[list[int]]:
+    """Prompt token ids exactly as the trainers and the scoring engine build them (chat template + generation prompt)."""
+    out = []
+    for p in prompts:
+        ids = tokenizer(render_prompt(tokenizer, p), add_special_tokens=uses_special_tokens(tokenizer, p))["input_ids"]
+        if not ids:
+            start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+            if start is None:
+                raise ConfigError("an empty prompt with a tokenizer that has neither BOS nor EOS", "give every prompt some text")
+            ids = [start]  # the first response token needs a position that predicts it
+        out.append(list(ids))
+    return out
+
+
+def stop_token_ids(model, tokenizer) -> tuple[int, ...]:
+    """The tokenizer's EOS plus the model's generation-config EOS ids (chat models often end turns with either)."""
+    ids: list[int] = []
+    for cand in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        for i in cand if isinstance(cand, (list, tuple)) else [cand]:
+            if i is not None and int(i) not in ids:
+                ids.append(int(i))
+    if not ids:
+        raise ModelError("the tokenizer and model define no EOS token, so sampling cannot stop", "set tokenizer.eos_token")
+    return tuple(ids)
+
+
+def _trim(tokens: list[int], stops: tuple[int, ...]) -> list[int]:
+    for k, t in enumerate(tokens):
+        if t in stops:
+            return tokens[: k + 1]
+    return tokens
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Seed the sampler without disturbing the caller's random state (restored on exit)."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _pad_left(rows: list[list[int]], pad: int) -> dict[str, torch.Tensor]:
+    """Left padding (decoder-only generation needs prompts flush right).
+
+    Built here rather than by the tokenizer, so its `padding_side` is never touched (no state to
+    restore) and tokenizers without a pad token work (pad = EOS; padding is masked out).
+    """
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attn = torch.zeros_like(input_ids)
+    for k, r in enumerate(rows):
+        input_ids[k, width - len(r) :] = torch.tensor(r)
+        attn[k, width - len(r) :] = 1
+    return {"input_ids": input_ids, "attention_mask": attn}
 
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[Prompt], cfg: GenerationConfig, batch_size: int = 64) -> Rollout:
-    """Sample `cfg.n` responses for every prompt (greedy when `do_sample` is false)."""
-    if cfg.seed is not None:
-        torch.manual_seed(cfg.seed)
-    eos = tokenizer.eos_token_id
-    pad = pad_token_id(tokenizer)
-    encoded = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=uses_special_tokens(tokenizer, p))["input_ids"] for p in prompts]
-    flat = [(i, ids) for i, ids in enumerate(encoded) for _ in range(cfg.n)]
+    """Sample `cfg.n` responses per prompt with Hugging Face `generate` (KV cache, left padding).
+
+    Deterministic given `cfg.seed` (and the same batch_size). Log-probabilities come from the
+    processed generation scores (temperature, top-p; top-k off), i.e. the sampling distribution;
+    with greedy decoding, from the model's own distribution.
+    """
     device = next(model.parameters()).device
+    stops = stop_token_ids(model, tokenizer)
+    pad = pad_token_id(tokenizer)
+    encoded = encode_prompts(tokenizer, prompts)
+    flat = [(i, ids) for i, ids in enumerate(encoded) for _ in range(cfg.n)]
+    sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": 0} if cfg.do_sample else {}
+    out = Rollout([], [], [], [], [], stop_ids=stops)
     was_training = model.training
     model.eval()
-    out = Rollout([], [], [], [])
     try:
-        for s in range(0, len(flat), batch_size):
-            chunk = flat[s : s + batch_size]
-            width = max(len(ids) for _, ids in chunk)
-            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            attn = torch.zeros_like(input_ids)
-            for r, (_, ids) in enumerate(chunk):
-                input_ids[r, width - len(ids) :] = torch.tensor(ids)
-                attn[r, width - len(ids) :] = 1
-            kw = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": 0} if cfg.do_sample else {}
-            gen = model.generate(
-                input_ids=input_ids.to(device), attention_mask=attn.to(device), max_new_tokens=cfg.max_new_tokens,
-                do_sample=cfg.do_sample, pad_token_id=pad, eos_token_id=eos, output_scores=True,
-                return_dict_in_generate=True, use_cache=True, **kw,
-            )
-            new = gen.sequences[:, width:].cpu()
-            scores = torch.stack(gen.scores, dim=1).float().log_softmax(-1).cpu()  # [B, T, V] after temperature/top-p
-            for r, (i, ids) in enumerate(chunk):
-                toks = new[r].tolist()
-                if eos in toks:
-                    toks = toks[: toks.index(eos) + 1]
-                if not toks:
-                    toks = [eos]
-                n_tok = len(toks)
-                lp = scores[r, torch.arange(n_tok), torch.tensor(toks)]
-                out.prompt_ids.append(list(ids))
-                out.response_ids.append(toks)
-                out.texts.append(tokenizer.decode(toks[:-1] if toks[-1] == eos else toks, skip_special_tokens=True))
-                out.prompt_index.append(i)
-                out.logprobs.append(lp)
+        with _seeded(cfg.seed, device):
+            for s in range(0, len(flat), batch_size):
+                chunk = flat[s : s + batch_size]
+                batch = _pad_left([ids for _, ids in chunk], pad)
+                width = batch["input_ids"].shape[1]
+                gen = model.generate(
+                    input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                    max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, pad_token_id=pad, eos_token_id=list(stops),
+                    output_scores=True, return_dict_in_generate=True, use_cache=True, **sampling,
+                )
+                new = gen.sequences[:, width:]
+                # One [B, V] step at a time: never a [B, T, V] log-softmax in memory.
+                lp = torch.stack([
+                    torch.log_softmax(step.float(), dim=-1).gather(-1, new[:, t, None]).squeeze(-1)
+                    for t, step in enumerate(gen.scores)
+                ], dim=1).cpu()
+                new = new.cpu()
+                for row, (i, ids) in enumerate(chunk):
+                    toks = _trim(new[row].tolist(), stops)
+                    out.prompt_ids.append(list(ids))
+                    out.response_ids.append(toks)
+                    out.texts.append(tokenizer.decode(toks[:-1] if toks[-1] in stops else toks, skip_special_tokens=True))
+                    out.prompt_index.append(i)
+                    out.logprobs.append(lp[row, : len(toks)].clone())
     finally:
         model.train(was_training)
     return out
 
 
 class VLLMGenerator:
-    """The same `generate` interface backed by vLLM (GPU users; imported only when used)."""
+    """The same `generate` interface backed by vLLM (GPU users; vLLM is imported only here).
+
+    vLLM reports raw model log-probabilities unless the engine is built with
+    `logprobs_mode="processed_logprobs"` (pass it in `engine_kw` when sampling at temperature != 1
+    or top_p < 1 and the sampling distribution is needed).
+    """
 
     def __init__(self, model_path: str, **engine_kw):
         try:
             from vllm import LLM
         except ImportError:
-            raise ModelError("vLLM is not installed", "pip install 'alignscope[vllm]' on a machine with a supported GPU, or use the default generator") from None
+            raise ModelError(
+                "vLLM is not installed", "pip install 'alignscope[vllm]' on a machine with a supported GPU, or use the default Hugging Face generator"
+            ) from None
         self.llm = LLM(model=model_path, **engine_kw)
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(self, prompts: list[Prompt], cfg: GenerationConfig) -> Rollout:
         from vllm import SamplingParams
 
-        params = SamplingParams(n=cfg.n, temperature=cfg.temperature if cfg.do_sample else 0.0, top_p=cfg.top_p,
-                                max_tokens=cfg.max_new_tokens, logprobs=0, seed=cfg.seed)
-        texts = [render_prompt(self.tokenizer, p) for p in prompts]
-        out = Rollout([], [], [], [])
-        for i, res in enumerate(self.llm.generate(texts, params)):
+        params = SamplingParams(
+            n=cfg.n, temperature=cfg.temperature if cfg.do_sample else 0.0, top_p=cfg.top_p if cfg.do_sample else 1.0,
+            max_tokens=cfg.max_new_tokens, logprobs=0, seed=cfg.seed,
+        )
+        stops = (self.tokenizer.eos_token_id,)
+        encoded = encode_prompts(self.tokenizer, prompts)
+        out = Rollout([], [], [], [], [], stop_ids=stops)
+        results = self.llm.generate([{"prompt_token_ids": ids} for ids in encoded], params)
+        for i, res in enumerate(results):
             for c in res.outputs:
-                out.prompt_ids.append(list(res.prompt_token_ids))
-                out.response_ids.append(list(c.token_ids))
-                out.texts.append(c.text)
+                toks = _trim(list(c.token_ids), stops)
+                out.prompt_ids.append(list(encoded[i]))
+                out.response_ids.append(toks)
+                out.texts.append(self.tokenizer.decode(toks[:-1] if toks and toks[-1] in stops else toks, skip_special_tokens=True))
                 out.prompt_index.append(i)
-                out.logprobs.append(torch.tensor([next(iter(d.values())).logprob for d in c.logprobs]))
+                out.logprobs.append(torch.tensor([c.logprobs[k][t].logprob for k, t in enumerate(toks)], dtype=torch.float32))
         return out
