@@ -1,4 +1,4 @@
-"""`alignscope data inspect FILE`."""
+"""`alignscope data inspect FILE`: look at a data file the way training will read it."""
 
 from __future__ import annotations
 
@@ -6,25 +6,44 @@ import argparse
 import json
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="inspect data files")
-    s = p.add_subparsers(dest="data_command", metavar="WHAT", required=True)
-    i = s.add_parser("inspect", help="detected format, counts, token lengths, length bias, duplicates, every problem",
-                     description="Read a data file the way training would, and report what it holds and what is wrong with it.")
-    i.add_argument("file", help="JSONL (.gz), JSON, Parquet, CSV, or a save_to_disk folder")
-    i.add_argument("--format", help="override detection: pairwise, ranked, unpaired, sft, prompt")
-    i.add_argument("--map", action="append", default=[], metavar="NEW=OLD", help="rename a column, e.g. --map chosen=response_a (repeatable)")
-    i.add_argument("--tokenizer", help="tokenizer for lengths: folder, 'smollm2', a cached hub id (default: SmolLM2's if installed, else bytes)")
-    i.add_argument("--limit", type=int, help="inspect only the first N rows")
-    i.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p = sub.add_parser("data", help="inspect preference/SFT/prompt data files",
+                       description="Work with data files before training on them.")
+    s = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    i = s.add_parser(
+        "inspect",
+        help="format, counts, token lengths, length bias, duplicates and every problem of a data file",
+        description="Read a data file exactly as training would and report its detected format (and why), row count, "
+        "token-length statistics, length bias, duplicate prompts and pairs, identical pairs, and every problem "
+        "(the first 20 listed, with file, line, field and fix).",
+    )
+    i.add_argument("file", help="JSONL (.jsonl.gz), JSON, CSV, Parquet, or a folder written by datasets' save_to_disk")
+    i.add_argument("--format", help="skip detection: pairwise (dpo), ranked, unpaired (kto), sft or prompt")
+    i.add_argument("--map", action="append", default=[], metavar="NEW=OLD",
+                   help="rename a column to TRL's name, e.g. --map chosen=response_a (repeatable)")
+    i.add_argument("--tokenizer", metavar="PATH_OR_NAME",
+                   help="tokenizer for token lengths: a folder, a .gguf file, 'smollm2' or a cached hub id "
+                   "(default: SmolLM2's when installed, else byte-level)")
+    i.add_argument("--limit", type=_positive, metavar="N", help="inspect only the first N rows")
+    i.add_argument("--split", default="train", help="split of a saved DatasetDict or of a JSON object of splits (default: train)")
+    i.add_argument("--json", action="store_true", help="print the report as JSON")
     i.set_defaults(func=run_inspect)
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from alignscope.cli.audit import _mapping
-    from alignscope.data.inspect import format_report, inspect_data
+    from alignscope.data import parse_mapping
+    from alignscope.data.inspect import collect, format_report, summarize
     from alignscope.models.loading import load_tokenizer
 
-    report = inspect_data(args.file, load_tokenizer(args.tokenizer), format=args.format, mapping=_mapping(args.map), limit=args.limit)
-    print(json.dumps(report, indent=1) if args.json else format_report(report))
+    # Data problems are reported before the (slower) tokenizer is loaded.
+    ins = collect(args.file, format=args.format, mapping=parse_mapping(args.map), limit=args.limit, split=args.split)
+    report = summarize(ins, load_tokenizer(args.tokenizer))
+    print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_report(report))
     return 0

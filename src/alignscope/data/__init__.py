@@ -1,22 +1,32 @@
-"""Data: read any supported source, detect its format, validate every record, tokenize exactly."""
+"""Data: read any supported source, detect its format, validate every record, tokenize exactly.
+
+`load_data` is the one entry point trainers and CLIs use: it turns a file or dataset with TRL's
+column names (or renamed ones, via `mapping`) into normalised records, and refuses bad rows
+with an error that names the file, line, field and fix, unless asked to skip them.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alignscope.data.formats import canonical_format, detect_format
-from alignscope.data.sources import read_rows
-from alignscope.data.validate import convert_rows, write_rejects
-from alignscope.errors import DataError, did_you_mean
+from alignscope.data.formats import canonical_format, check_columns, common_columns, detect_format
+from alignscope.data.records import Example
+from alignscope.data.sources import RawData, RawRow, read_rows
+from alignscope.data.validate import convert_rows, first_error, write_rejects
+from alignscope.errors import ConfigError, DataError, did_you_mean
 
 
 @dataclass
 class LoadedData:
+    """The records of one source, and how they were obtained."""
+
     format: str
-    examples: list[Any]
+    examples: list[Example]
     source: str
     n_rows: int
     n_rejected: int = 0
@@ -24,15 +34,60 @@ class LoadedData:
     detected_by: str = ""
 
 
-def apply_mapping(rows, mapping: dict[str, str] | None):
-    """Rename columns: mapping {new_name: old_name} (CLI --map chosen=response_a)."""
+def parse_mapping(items: Iterable[str] | None) -> dict[str, str] | None:
+    """CLI `--map NEW=OLD` items -> {new: old}."""
+    out = {}
+    for item in items or ():
+        new, sep, old = item.partition("=")
+        if not sep or not new.strip() or not old.strip():
+            raise ConfigError(f"--map '{item}' is not NEW=OLD", "write e.g. --map chosen=response_a (TRL's name first)")
+        out[new.strip()] = old.strip()
+    return out or None
+
+
+def apply_mapping(rows: list[RawRow], mapping: dict[str, str] | None, source: str = "<data>") -> list[RawRow]:
+    """Rename columns in place: `mapping` is {trl_name: your_name}, e.g. {"chosen": "response_a"}."""
     if not mapping:
         return rows
+    present = set().union(*(r.data.keys() for r in rows)) if rows else set()
+    for new, old in mapping.items():
+        if old not in present:
+            reverse = f"; write TRL's name first: --map {old}={new}" if new in present else ""
+            raise DataError(f"--map {new}={old}: the data has no column '{old}'" + did_you_mean(old, present),
+                            f"columns are: {sorted(present)}{reverse}", source=source)
     for row in rows:
-        for new, old in mapping.items():
-            if old in row.data:
-                row.data[new] = row.data.pop(old)
+        d = row.data
+        moved = {new: d[old] for new, old in mapping.items() if old in d}
+        for old in set(mapping.values()) - set(mapping):
+            d.pop(old, None)
+        d.update(moved)
     return rows
+
+
+def resolve_format(raw: RawData, format: str | None) -> tuple[str, str]:
+    """(format, why): `format` (a name or alias) checked against the columns, or detected from them."""
+    try:
+        if format:
+            fmt = canonical_format(format)
+            if raw.rows:
+                check_columns(fmt, set().union(*(r.data.keys() for r in raw.rows)))
+            return fmt, f"given as '{format}'"
+        if not raw.rows:
+            return "prompt", "no readable rows"
+        fmt, why = detect_format(common_columns(r.data for r in raw.rows))
+        check_columns(fmt, set().union(*(r.data.keys() for r in raw.rows)))
+        return fmt, why
+    except DataError as e:
+        raise DataError(e.problem, e.fix, source=raw.source) from None
+
+
+def default_rejects_path(source: str) -> Path:
+    """Next to the data file when that folder is writable, else in the working directory."""
+    if source.startswith("<"):
+        return Path.cwd() / "rejects.jsonl"
+    path = Path(source)
+    folder = path.parent if os.access(path.parent, os.W_OK) else Path.cwd()
+    return folder / f"{path.name}.rejects.jsonl"
 
 
 def load_data(
@@ -43,35 +98,34 @@ def load_data(
     on_error: str = "fail",
     rejects_path: str | Path | None = None,
     split: str = "train",
-    log=None,
+    log: Callable[[str], None] | None = None,
 ) -> LoadedData:
-    """Read, detect (or take `format`), validate and convert every row into records."""
-    rows, read_errors, name = read_rows(source, split)
-    if not rows and not read_errors:
-        raise DataError("the dataset has no records", "give a file with at least one record", source=name)
-    if mapping and rows:
-        missing = [old for old in mapping.values() if old not in rows[0].data]
-        if missing:
-            raise DataError(f"--map names column(s) {missing} that the data does not have" + did_you_mean(missing[0], rows[0].data),
-                            f"columns are: {sorted(rows[0].data)}", source=name)
-    rows = apply_mapping(rows, mapping)
-    if format:
-        fmt, why = canonical_format(format), "given by --format"
-    else:
-        fmt, why = detect_format(set(rows[0].data) if rows else set())
-    converted = convert_rows(rows, fmt, name, "skip" if on_error == "skip" else on_error, read_errors)
-    if not converted.examples:
-        first = converted.errors[0][0] if converted.errors else None
-        raise DataError(
-            f"no valid records ({len(converted.errors)} rejected" + (f"; first: {first}" if first else "") + ")",
-            "fix the data or check --format/--map", source=name,
-        )
-    out = LoadedData(fmt, converted.examples, name, len(rows) + len(read_errors), len(converted.errors), None, why)
+    """Read `source`, detect (or take) its format, validate and convert every row into records.
+
+    `source`: a path (JSONL[.gz], JSON, CSV, Parquet, a save_to_disk folder), a list of dicts or a
+    `datasets.Dataset`/`DatasetDict`. `format`: pairwise, ranked, unpaired, sft, prompt (or the
+    aliases dpo, kto). `on_error="skip"` writes bad rows to `rejects_path` (default: next to the
+    file) and reports their count through `log` (default: stderr).
+    """
+    if on_error not in ("fail", "skip"):
+        raise ConfigError(f"unknown error policy on_error='{on_error}'" + did_you_mean(on_error, ("fail", "skip")),
+                          "use on_error='fail' or on_error='skip'")
+    raw = read_rows(source, split)
+    if not raw.rows and not raw.errors:
+        raise DataError("the dataset has no records", "give a source with at least one record", source=raw.source)
+    apply_mapping(raw.rows, mapping, raw.source)
+    fmt, why = resolve_format(raw, format)
+    converted = convert_rows(raw.rows, fmt, raw.source, on_error, raw.errors)
+    out = LoadedData(fmt, converted.examples, raw.source, raw.n_rows, len(converted.errors), None, why)
     if converted.errors:
-        target = Path(rejects_path) if rejects_path else Path(name + ".rejects.jsonl" if name[0] != "<" else "rejects.jsonl")
-        out.rejects_path = write_rejects(converted.errors, target)
-        (log or (lambda m: print(m, file=sys.stderr)))(f"alignscope: skipped {len(converted.errors)} invalid rows; written to {out.rejects_path}")
+        out.rejects_path = write_rejects(converted.errors, rejects_path or default_rejects_path(raw.source))
+        if not out.examples:
+            e = first_error(converted.errors, raw.n_rows, raw.source)
+            raise DataError(f"no valid records: all {raw.n_rows} rows were rejected (written to {out.rejects_path}); "
+                            f"the first, line {e.line}: {e.problem}", "fix the data, or check --format/--map", source=raw.source)
+        (log or (lambda m: print(m, file=sys.stderr)))(
+            f"alignscope: skipped {out.n_rejected} of {out.n_rows} rows with problems; they are in {out.rejects_path}")
     return out
 
 
-__all__ = ["LoadedData", "load_data", "detect_format"]
+__all__ = ["LoadedData", "load_data", "parse_mapping", "apply_mapping", "detect_format", "canonical_format", "read_rows"]

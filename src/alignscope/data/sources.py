@@ -1,25 +1,55 @@
-"""Raw rows from files and objects, each with its 1-based line/row number for error messages."""
+"""Raw rows from files and in-memory objects, each with its 1-based line (or row) number.
+
+Every reader keeps the position of each record so that a validation error can point at the
+exact line a user has to open. Rows that cannot be read at all (malformed JSON, invalid UTF-8)
+are returned apart from the good ones, so a `skip` policy can reject them like any other row.
+"""
 
 from __future__ import annotations
 
+import bisect
+import codecs
 import csv
 import gzip
 import io
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignscope.errors import DataError
+from alignscope.errors import DataError, did_you_mean
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet", ".csv", ".csv.gz")
+UTF8_FIX = "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 FILE > FILE.utf8)"
 
 
 @dataclass
 class RawRow:
+    """One record as read, before any format is applied."""
+
     data: dict[str, Any]
     line: int
-    text: str | None = None  # the raw line, for rejects files
+    text: str | None = None  # the raw line when the record could not be parsed, for the rejects file
+
+
+@dataclass
+class RawData:
+    """Everything read from one source: good rows, unreadable rows with their errors, and the name."""
+
+    rows: list[RawRow]
+    errors: list[tuple[DataError, RawRow]] = field(default_factory=list)
+    source: str = "<list>"
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.rows) + len(self.errors)
+
+
+def _error(kind: str, problem: str, fix: str | None, source: str, line: int | None = None) -> DataError:
+    e = DataError(problem, fix, source=source, line=line)
+    e.kind = kind
+    return e
 
 
 def _suffix(path: Path) -> str:
@@ -37,67 +67,146 @@ def _read_bytes(path: Path) -> bytes:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as e:
             raise DataError(f"cannot decompress: {e}", "check that the file is a complete gzip file", source=str(path)) from None
-    return raw
+    return raw[len(codecs.BOM_UTF8):] if raw.startswith(codecs.BOM_UTF8) else raw
 
 
-def _decode(line: bytes, path: Path, lineno: int) -> str:
+def _utf8_error(line_bytes: bytes, offset: int, source: str, line: int) -> DataError:
+    bad = line_bytes[offset : offset + 1].hex()
+    return _error("utf8", f"invalid UTF-8 (byte 0x{bad} at byte offset {offset} of the line)", UTF8_FIX, source, line)
+
+
+def _decode_all(raw: bytes, source: str) -> str:
+    """Decode a whole file; on failure name the line and the byte offset within it."""
     try:
-        return line.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(
-            f"invalid UTF-8 at byte {e.start} of the line", "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
-            source=str(path), line=lineno,
-        ) from None
+        start = raw.rfind(b"\n", 0, e.start) + 1
+        raise _utf8_error(raw[start:], e.start - start, source, raw.count(b"\n", 0, e.start) + 1) from None
 
 
-def read_jsonl(path: Path) -> tuple[list[RawRow], list[tuple[DataError, RawRow]]]:
-    rows, errors = [], []
+def read_jsonl(path: Path) -> RawData:
+    """One JSON object per line; each line is decoded on its own so one bad line costs one row."""
+    name = str(path)
+    out = RawData([], [], name)
     for lineno, line in enumerate(_read_bytes(path).split(b"\n"), 1):
         if not line.strip():
             continue
         raw = RawRow({}, lineno, line[:10000].decode("utf-8", errors="replace"))
         try:
-            text = _decode(line, path, lineno)
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataError(f"malformed JSON ({e.msg} at column {e.colno})", "fix or remove the line", source=str(path), line=lineno) from None
-            if not isinstance(obj, dict):
-                raise DataError(f"each line must be a JSON object, got {type(obj).__name__}", "write one {...} object per line", source=str(path), line=lineno)
-        except DataError as e:
-            errors.append((e, raw))
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            out.errors.append((_utf8_error(line, e.start, name, lineno), raw))
             continue
-        raw.data = obj
-        rows.append(raw)
-    return rows, errors
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            out.errors.append((_error("json", f"malformed JSON ({e.msg} at column {e.colno})",
+                                      "fix or remove the line: each line must be one complete JSON object", name, lineno), raw))
+            continue
+        if not isinstance(obj, dict):
+            out.errors.append((_error("json", f"the line is a JSON {type(obj).__name__}, not an object",
+                                      "write one {...} object per line", name, lineno), raw))
+            continue
+        raw.data, raw.text = obj, None
+        out.rows.append(raw)
+    return out
 
 
-def read_json(path: Path, split: str) -> list[RawRow]:
-    text = _decode(_read_bytes(path), path, 1)
+class _Lines:
+    """Character offset -> 1-based line number."""
+
+    def __init__(self, text: str):
+        self.newlines, i = [], text.find("\n")
+        while i != -1:
+            self.newlines.append(i)
+            i = text.find("\n", i + 1)
+
+    def line(self, pos: int) -> int:
+        return bisect.bisect_left(self.newlines, pos) + 1
+
+
+def _skip_ws(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+def _array_offsets(text: str, pos: int) -> list[int]:
+    """Start offsets of the items of the JSON array opening at `pos` (the text is known to be valid)."""
+    dec, offsets = json.JSONDecoder(), []
+    pos = _skip_ws(text, pos + 1)
+    while text[pos] != "]":
+        offsets.append(pos)
+        _, pos = dec.raw_decode(text, pos)
+        pos = _skip_ws(text, pos)
+        if text[pos] == ",":
+            pos = _skip_ws(text, pos + 1)
+    return offsets
+
+
+def _member_offset(text: str, key: str) -> int:
+    """Offset of the value of top-level `key` in a valid JSON object."""
+    dec = json.JSONDecoder()
+    pos = _skip_ws(text, _skip_ws(text, 0) + 1)
+    while text[pos] != "}":
+        k, pos = dec.raw_decode(text, pos)
+        pos = _skip_ws(text, _skip_ws(text, pos) + 1)  # past ':'
+        if k == key:
+            return pos
+        _, pos = dec.raw_decode(text, pos)
+        pos = _skip_ws(text, pos)
+        if text[pos] == ",":
+            pos = _skip_ws(text, pos + 1)
+    raise KeyError(key)
+
+
+def read_json(path: Path, split: str = "train") -> RawData:
+    """A JSON list of records, or an object holding one under the split name, 'data' or 'train'.
+
+    Records are numbered by the file line they start on, found by re-scanning the (valid) text.
+    A `.json` file that is really JSON Lines is read as such.
+    """
+    name = str(path)
+    text = _decode_all(_read_bytes(path), name)
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})", "fix the JSON syntax", source=str(path), line=e.lineno) from None
+        if e.msg == "Extra data" and text.lstrip().startswith("{"):
+            return read_jsonl(path)
+        raise _error("json", f"malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})", "fix the JSON syntax", name, e.lineno) from None
+    key = None
     if isinstance(obj, dict):
-        for key in (split, "data", "train", "rows", "examples"):
-            if isinstance(obj.get(key), list):
-                obj = obj[key]
-                break
+        key = next((k for k in dict.fromkeys((split, "data", "train", "rows", "examples")) if isinstance(obj.get(k), list)), None)
+        if key is None:
+            lists = [k for k, v in obj.items() if isinstance(v, list)]
+            raise DataError(
+                f"the JSON object has no list of records under '{split}', 'data' or 'train'"
+                + (f" (it has lists under {lists})" if lists else ""),
+                "store a list of records, or {\"data\": [...]}" + (f", or pass split='{lists[0]}'" if lists else ""),
+                source=name,
+            )
+        records = obj[key]
+    elif isinstance(obj, list):
+        records = obj
+    else:
+        raise DataError(f"expected a list of records, got a JSON {type(obj).__name__}", "store a list of {...} records", source=name)
+    lines = _Lines(text)
+    start = _member_offset(text, key) if key is not None else _skip_ws(text, 0)
+    out = RawData([], [], name)
+    for rec, off in zip(records, _array_offsets(text, start)):
+        lineno = lines.line(off)
+        if isinstance(rec, dict):
+            out.rows.append(RawRow(rec, lineno))
         else:
-            raise DataError(f"the JSON object has no list of records under '{split}', 'data' or 'train'", "store a list of records", source=str(path))
-    if not isinstance(obj, list):
-        raise DataError(f"expected a list of records, got {type(obj).__name__}", source=str(path))
-    rows = []
-    for i, rec in enumerate(obj, 1):
-        if not isinstance(rec, dict):
-            raise DataError(f"record {i} is {type(rec).__name__}, not an object", "every record must be a {...} object", source=str(path), line=i)
-        rows.append(RawRow(rec, i))
-    return rows
+            out.errors.append((_error("json", f"the record is a JSON {type(rec).__name__}, not an object",
+                                      "every record must be a {...} object", name, lineno), RawRow({}, lineno, json.dumps(rec)[:10000])))
+    return out
 
 
 def _cell(value: str) -> Any:
+    """CSV cells holding JSON lists/objects (chat messages, score lists) are parsed; text stays text."""
     v = value.strip()
-    if v[:1] in "[{":
+    if v[:1] in "[{" and v[-1:] in "]}":
         try:
             return json.loads(v)
         except json.JSONDecodeError:
@@ -105,59 +214,94 @@ def _cell(value: str) -> Any:
     return value
 
 
-def read_csv(path: Path) -> list[RawRow]:
-    text = _decode(_read_bytes(path), path, 1) if not path.name.endswith(".gz") else _read_bytes(path).decode("utf-8")
-    reader = csv.DictReader(io.StringIO(text))
-    return [RawRow({k: _cell(v) if isinstance(v, str) else v for k, v in row.items() if k is not None}, reader.line_num) for row in reader]
+def read_csv(path: Path) -> RawData:
+    """A header row and one record per row; the row's number is the file line it starts on."""
+    name = str(path)
+    reader = csv.DictReader(io.StringIO(_decode_all(_read_bytes(path), name), newline=""))
+    out, prev_end = RawData([], [], name), 1
+    for row in reader:
+        out.rows.append(RawRow({k: _cell(v) if isinstance(v, str) else v for k, v in row.items() if k is not None}, prev_end + 1))
+        prev_end = reader.line_num
+    return out
 
 
-def read_parquet(path: Path) -> list[RawRow]:
+def read_parquet(path: Path) -> RawData:
     import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(path)
-    except Exception as e:  # pyarrow raises several types for broken files
+    except Exception as e:  # pyarrow raises several exception types for broken files
         raise DataError(f"cannot read Parquet: {e}", "check that the file is a complete Parquet file", source=str(path)) from None
-    return [RawRow(r, i) for i, r in enumerate(table.to_pylist(), 1)]
+    return RawData([RawRow(r, i) for i, r in enumerate(table.to_pylist(), 1)], [], str(path))
 
 
-def read_rows(source: Any, split: str = "train") -> tuple[list[RawRow], list[tuple[DataError, RawRow]], str]:
-    """(rows, read errors, source name). Read errors are kept apart so a `skip` policy can reject them."""
-    if isinstance(source, list):
-        for i, r in enumerate(source, 1):
-            if not isinstance(r, dict):
-                raise DataError(f"record {i} is {type(r).__name__}, not a dict", source="<list>", line=i)
-        return [RawRow(r, i) for i, r in enumerate(source, 1)], [], "<list>"
-    if hasattr(source, "column_names") and hasattr(source, "__iter__") and not isinstance(source, (str, Path)):
-        if hasattr(source, "keys") and not hasattr(source, "features"):
-            source = source[split]
-        return [RawRow(dict(r), i) for i, r in enumerate(source, 1)], [], "<dataset>"
-    path = Path(source)
+def _pick_split(obj: Mapping, split: str, source: str) -> Any:
+    if split not in obj:
+        names = list(obj.keys())
+        raise DataError(f"there is no split '{split}'" + did_you_mean(split, names) + f" (splits: {names})",
+                        f"pass split='{names[0]}'" if names else "give a dataset with records", source=source)
+    return obj[split]
+
+
+def _from_records(records: Any, source: str) -> RawData:
+    out = RawData([], [], source)
+    for i, r in enumerate(records, 1):
+        if isinstance(r, Mapping):
+            out.rows.append(RawRow(dict(r), i))
+        else:
+            out.errors.append((_error("type", f"the record is a {type(r).__name__}, not a dict", "give a list of dicts", source, i),
+                               RawRow({}, i, repr(r)[:10000])))
+    return out
+
+
+def _is_dataset(obj: Any) -> bool:
+    return hasattr(obj, "column_names") and hasattr(obj, "to_list")
+
+
+def read_rows(source: Any, split: str = "train") -> RawData:
+    """Read any supported source: a path (JSONL[.gz], JSON[.gz], CSV[.gz], Parquet, save_to_disk folder),
+    a list of dicts, a `datasets.Dataset`, or a `DatasetDict` / dict of splits (`split` picks one)."""
+    if isinstance(source, (list, tuple)):
+        return _from_records(source, "<list>")
+    if _is_dataset(source):
+        return _from_records(source.to_list(), "<dataset>")
+    if isinstance(source, Mapping):
+        return read_rows(_pick_split(source, split, "<dataset>"), split)
+    if not isinstance(source, (str, Path)):
+        raise DataError(f"cannot read data from a {type(source).__name__}",
+                        "give a file path, a list of dicts, or a datasets.Dataset")
+    path = Path(source).expanduser()
     name = str(path)
     if not path.exists():
-        raise DataError(f"data file '{path}' does not exist", "check the path", source=None)
+        siblings = [p.name for p in path.parent.iterdir()] if path.parent.is_dir() else []
+        raise DataError("the file does not exist" + did_you_mean(path.name, siblings), "check the path", source=name)
     if path.is_dir():
-        try:
-            from datasets import load_from_disk
-
-            ds = load_from_disk(str(path))
-        except Exception as e:  # not a saved dataset
-            raise DataError(f"'{path}' is a folder but not a dataset saved with save_to_disk ({e})", "give a file or a saved dataset folder") from None
-        if hasattr(ds, "keys") and not hasattr(ds, "features"):
-            if split not in ds:
-                raise DataError(f"the saved DatasetDict has no split '{split}' (it has {list(ds.keys())})", "pass split=...", source=name)
-            ds = ds[split]
-        return [RawRow(dict(r), i) for i, r in enumerate(ds, 1)], [], name
+        return _read_saved(path, split)
     if path.stat().st_size == 0:
-        raise DataError("the file is empty", "give a file with records", source=name)
+        raise DataError("the file is empty", "give a file with at least one record", source=name)
     suffix = _suffix(path)
     if suffix in (".jsonl", ".jsonl.gz"):
-        rows, errors = read_jsonl(path)
-        return rows, errors, name
+        return read_jsonl(path)
     if suffix in (".json", ".json.gz"):
-        return read_json(path, split), [], name
+        return read_json(path, split)
     if suffix in (".csv", ".csv.gz"):
-        return read_csv(path), [], name
+        return read_csv(path)
     if suffix == ".parquet":
-        return read_parquet(path), [], name
-    raise DataError(f"unknown file type '{suffix}'", f"use one of {', '.join(SUFFIXES)} or a save_to_disk folder", source=name)
+        return read_parquet(path)
+    raise DataError(f"unknown file type '{suffix or path.name}'",
+                    f"use one of {', '.join(SUFFIXES)}, or a folder written by datasets' save_to_disk", source=name)
+
+
+def _read_saved(path: Path, split: str) -> RawData:
+    if not any((path / f).exists() for f in ("dataset_info.json", "dataset_dict.json", "state.json")):
+        raise DataError("the folder is not a dataset saved with save_to_disk",
+                        "give a data file, or a folder written by Dataset.save_to_disk", source=str(path))
+    from datasets import load_from_disk
+
+    try:
+        ds = load_from_disk(str(path))
+    except Exception as e:  # datasets raises FileNotFoundError, ValueError, ... for broken folders
+        raise DataError(f"cannot load the saved dataset: {e}", "re-save it with save_to_disk", source=str(path)) from None
+    if not _is_dataset(ds):
+        ds = _pick_split(ds, split, str(path))
+    return _from_records(ds.to_list(), str(path))

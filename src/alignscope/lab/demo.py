@@ -107,7 +107,7 @@ def run_demo(out: str | Path = "runs/demo", size: str = "tiny", seed: int = 0, q
     held = refusal_pairs(world, 32, seed=seed + 11, similar=True)
     for name, subset in (("dpo_all", dpo_pairs), ("dpo_filtered", [dpo_pairs[i] for i in keep])):
         model, tok = _load(sft_dir)
-        train(_cfg("dpo", out / name, batch_size=8, epochs=2, lr=1e-4, beta=0.1, eval_steps=4, seed=seed),
+        train(_cfg("dpo", out / name, batch_size=8, epochs=2, lr=2.5e-4, beta=0.1, eval_steps=4, seed=seed),
               train_examples=subset, eval_examples=held, model=model, tokenizer=tok, log=lambda *a: None)
         disp = [json.loads(line) for line in (out / name / "displacement.jsonl").read_text().splitlines()]
         trained, _ = _load(out / name / "final")
