@@ -16,6 +16,7 @@ USER = {"role": "user", "content": "Hi"}
 
 
 def write(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path
 
@@ -82,10 +83,13 @@ def test_skip_policy_writes_rejects_atomically(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["rejects.jsonl"], "no temp file left behind"
 
 
-def test_skip_policy_default_rejects_path_and_printed_count(tmp_path, capsys):
-    path = write(tmp_path / "d.jsonl", [GOOD, {**GOOD, "chosen": ""}])
+def test_skip_policy_default_rejects_path_and_printed_count(tmp_path, capsys, monkeypatch):
+    path = write(tmp_path / "data" / "d.jsonl", [GOOD, {**GOOD, "chosen": ""}])
+    monkeypatch.chdir(tmp_path)
     data = load_data(path, on_error="skip")
+    # The rejects go to the working directory: the data folder (maybe shared or read-only) is never written.
     assert data.rejects_path == tmp_path / "d.jsonl.rejects.jsonl" and data.rejects_path.exists()
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["d.jsonl"]
     assert "skipped 1 of 2 rows" in capsys.readouterr().err
 
 

@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--filter", metavar="KIND:VALUE", help="write a filtered dataset: drop:0.1 (top 10%% LN-CHES), threshold:0.5, keep-lowest:0.05")
     d.add_argument("--filtered-out", default=None, help="where the filtered dataset goes (default: beside --out)")
     d.add_argument("--limit", type=int, help="audit only the first N pairs")
+    d.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="skip: set invalid rows aside in a rejects file beside --out")
     d.add_argument("--batch-size", type=int, default=16)
     d.add_argument("--max-length", type=int, default=1024)
     d.add_argument("--max-prompt-length", type=int, default=512)
@@ -58,11 +59,12 @@ def run_data(args: argparse.Namespace) -> int:
     from alignscope.diagnostics.data_audit import apply_filter, audit_pairs, format_summary, write_table
     from alignscope.models.loading import load_model_and_tokenizer
 
-    data = load_data(args.data, format=args.format, mapping=_mapping(args.map))
+    out = Path(args.out)
+    data = load_data(args.data, format=args.format, mapping=_mapping(args.map), on_error=args.on_error,
+                     rejects_path=out.with_name(out.stem + ".rejects.jsonl"))
     pairs = data.examples[: args.limit] if args.limit else data.examples
     model, tok = load_model_and_tokenizer(args.model)
     audit = audit_pairs(model, tok, pairs, batch_size=args.batch_size, max_length=args.max_length, max_prompt_length=args.max_prompt_length)
-    out = Path(args.out)
     msg = []
     if args.filter:
         target = Path(args.filtered_out) if args.filtered_out else out.with_name(out.stem + ".filtered.jsonl")

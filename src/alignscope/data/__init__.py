@@ -7,7 +7,6 @@ with an error that names the file, line, field and fix, unless asked to skip the
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -82,12 +81,10 @@ def resolve_format(raw: RawData, format: str | None) -> tuple[str, str]:
 
 
 def default_rejects_path(source: str) -> Path:
-    """Next to the data file when that folder is writable, else in the working directory."""
+    """In the working directory: a shared or read-only data folder is never written to."""
     if source.startswith("<"):
         return Path.cwd() / "rejects.jsonl"
-    path = Path(source)
-    folder = path.parent if os.access(path.parent, os.W_OK) else Path.cwd()
-    return folder / f"{path.name}.rejects.jsonl"
+    return Path.cwd() / f"{Path(source).name}.rejects.jsonl"
 
 
 def load_data(

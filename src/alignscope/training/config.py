@@ -48,6 +48,7 @@ class TrainConfig:
     format: str | None = None
     map: dict = field(default_factory=dict)
     on_error: Literal["fail", "skip"] = "fail"
+    max_examples: int | None = None  # use only the first N training (and eval) examples
     output_dir: str = "runs/train"
     max_length: int = 512
     max_prompt_length: int | None = 256
@@ -94,7 +95,7 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "epochs", "max_length", "logging_steps", "keep_last", "rm_heads"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"'{name}' must be a positive integer, got {getattr(self, name)}")
-        for name in ("max_steps", "eval_steps", "save_steps", "max_prompt_length"):
+        for name in ("max_steps", "eval_steps", "save_steps", "max_prompt_length", "max_examples"):
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise ConfigError(f"'{name}' must be a positive integer or null, got {v}")

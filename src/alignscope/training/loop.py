@@ -38,9 +38,11 @@ def seed_everything(seed: int) -> None:
 
 
 def load_examples(cfg: TrainConfig, source: Any):
+    """Records of one data source; with on_error=skip, rejected rows go to the run folder (never beside the data)."""
     from alignscope.data import load_data
 
-    return load_data(source, format=cfg.format, mapping=cfg.map or None, on_error=cfg.on_error).examples
+    rejects = Path(cfg.output_dir) / f"rejects-{Path(str(source)).name}.jsonl"
+    return load_data(source, format=cfg.format, mapping=cfg.map or None, on_error=cfg.on_error, rejects_path=rejects).examples
 
 
 def build_policy(cfg: TrainConfig, texts: list[str]):
@@ -161,6 +163,9 @@ def train(
     examples = train_examples if train_examples is not None else load_examples(cfg, cfg.data)
     if eval_examples is None and cfg.eval_data:
         eval_examples = load_examples(cfg, cfg.eval_data)
+    if cfg.max_examples:
+        examples = examples[: cfg.max_examples]
+        eval_examples = eval_examples[: cfg.max_examples] if eval_examples else eval_examples
     if eval_examples is None and cfg.eval_fraction > 0:
         n_eval = max(1, int(len(examples) * cfg.eval_fraction))
         order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
