@@ -121,6 +121,13 @@ def load_model(
                 f"model '{spec}' does not fit in memory", "use a smaller model, dtype=bfloat16, or LoRA"
             ) from None
         raise
+    if "gguf_file" in kw:
+        # transformers dequantises GGUF weights to float32 on load; the model is an ordinary one from here,
+        # so drop the quantizer record that would otherwise forbid save_pretrained.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     return model.to(device)
 
 
