@@ -42,25 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=run_rm)
 
 
-def _mapping(items: list[str]) -> dict[str, str] | None:
-    from alignscope.errors import ConfigError
-
-    out = {}
-    for it in items:
-        if "=" not in it:
-            raise ConfigError(f"--map '{it}' is not NEW=OLD", "write e.g. --map chosen=response_a")
-        k, v = it.split("=", 1)
-        out[k] = v
-    return out or None
-
-
 def run_data(args: argparse.Namespace) -> int:
-    from alignscope.data import load_data
+    from alignscope.data import load_data, parse_mapping
     from alignscope.diagnostics.data_audit import apply_filter, audit_pairs, format_summary, write_table
     from alignscope.models.loading import load_model_and_tokenizer
 
     out = Path(args.out)
-    data = load_data(args.data, format=args.format, mapping=_mapping(args.map), on_error=args.on_error,
+    data = load_data(args.data, format=args.format, mapping=parse_mapping(args.map), on_error=args.on_error,
                      rejects_path=out.with_name(out.stem + ".rejects.jsonl"))
     pairs = data.examples[: args.limit] if args.limit else data.examples
     model, tok = load_model_and_tokenizer(args.model)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 from pathlib import Path
 
 
@@ -53,14 +52,8 @@ def _sample(args):
     return prompts, ro, flat, rewards
 
 
-def _write_jsonl(rows, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    os.replace(tmp, path)
-
-
 def run_select(args: argparse.Namespace) -> int:
+    from alignscope.diagnostics.data_audit import write_jsonl
     from alignscope.diagnostics.variance import per_prompt_variance
     from alignscope.errors import ConfigError
 
@@ -71,7 +64,7 @@ def run_select(args: argparse.Namespace) -> int:
     k = max(1, round(args.keep * len(prompts))) if args.keep <= 1 else min(int(args.keep), len(prompts))
     order = sorted(range(len(prompts)), key=lambda i: -var[i])[:k]
     out = Path(args.out)
-    _write_jsonl([{"prompt": prompts[i], "reward_variance": float(var[i])} for i in sorted(order)], out)
+    write_jsonl([{"prompt": prompts[i], "reward_variance": float(var[i])} for i in sorted(order)], out)
     out.with_suffix(".variances.json").write_text(json.dumps([float(v) for v in var]))
     zero = int((var <= 1e-12).sum())
     print(f"{len(prompts)} prompts x {args.n} samples: mean reward variance {var.mean():.4g}, {zero} with zero variance")
@@ -84,6 +77,8 @@ def run_bon(args: argparse.Namespace) -> int:
 
     from alignscope.losses.policy_gradient import best_of_n_kl_bound
     from alignscope.rewards.sources import load_reward_source
+
+    from alignscope.diagnostics.data_audit import write_jsonl
 
     prompts, ro, flat, rewards = _sample(args)
     best = rewards.argmax(dim=1)
@@ -99,7 +94,7 @@ def run_bon(args: argparse.Namespace) -> int:
         for r, gv in zip(rows, picked.tolist()):
             r["gold"] = gv
         msg.append(f"gold reward: {g.mean():.4g} (mean sample) -> {picked.mean():.4g} (best under the proxy), {g.max(dim=1).values.mean():.4g} (oracle best)")
-    _write_jsonl(rows, Path(args.out))
+    write_jsonl(rows, Path(args.out))
     print("\n".join(msg))
     print(f"written: {args.out}")
     return 0

@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
+from alignscope.diagnostics.variance import per_prompt_variance
 from alignscope.errors import ConfigError, TrainingError
 from alignscope.losses import policy_gradient as pg
 from alignscope.models.scoring import Scorer, pad_token_id, score_batch
@@ -88,8 +89,11 @@ def _pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def group_variance(rewards: torch.Tensor) -> torch.Tensor:
-    """Per-prompt reward variance of a [P, n] group (unbiased; 0 when all samples agree)."""
-    return rewards.var(dim=1, unbiased=True)
+    """Per-prompt reward variance of a [P, n] group: the diagnostics estimator (unbiased), as a tensor.
+    One sample per prompt (REINFORCE or PPO with n = 1) has no variance to measure: NaN."""
+    if rewards.shape[1] < 2:
+        return torch.full((rewards.shape[0],), float("nan"))
+    return torch.as_tensor(per_prompt_variance(rewards), dtype=torch.float32)
 
 
 def train_rl(
@@ -263,7 +267,7 @@ def train_rl(
         if "reward/proxy_mean" in row:
             logger.append_jsonl("rl_metrics.jsonl", {"step": step + 1, "proxy_reward": row["reward/proxy_mean"],
                                                      "gold_reward": row.get("reward/gold_mean"), "kl": row["kl"]})
-        logger.append_jsonl("reward_variance.jsonl", {"step": step + 1, "variances": group_variance(rewards_pn).tolist() if len(kept_p) else []})
+        logger.append_jsonl("reward_variance.jsonl", {"step": step + 1, "variances": var.tolist() if len(kept_p) else []})
         done = step + 1
         if cfg.save_steps and done % cfg.save_steps == 0 or done == cfg.steps:
             ckpt.save_checkpoint(out_dir, done, trainable, optimizer, scheduler, {"step": done, "kl_coef": kl_ctl.value}, cfg.keep_last)
