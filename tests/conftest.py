@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(int(os.environ.get("ALIGNSCOPE_TEST_THREADS", "2")))
+# One thread: the test models are tiny, and two threads on a 2-core machine with any other load
+# spin-wait each other into 10-30x slowdowns (measured: an RLOO test took 301 s with 2 threads, 9 s with 1).
+torch.set_num_threads(int(os.environ.get("ALIGNSCOPE_TEST_THREADS", "1")))
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

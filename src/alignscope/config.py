@@ -24,8 +24,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file '{path}' does not exist", "check the path passed to --config")
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' is not a file", "pass a YAML file to --config")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text (byte {e.start})", "save the YAML file as UTF-8") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file '{path}' is not valid YAML: {e}", "fix the YAML syntax") from None
     if data is None:
@@ -42,11 +46,19 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value", "write e.g. lr=1e-5 or train.beta=0.1")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
-        node = out
         parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override '{item}' has an empty key", "write e.g. lr=1e-5 or lora.r=16")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override '{item}': the value is not valid YAML ({getattr(e, 'problem', None) or e})",
+                              "quote text values and close brackets, e.g. loss=[sigmoid,sft:0.2]") from None
+        node = out
         for p in parts[:-1]:
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}' sets a sub-key of '{p}', which is already set to a value")
         node[parts[-1]] = value
     return out
 

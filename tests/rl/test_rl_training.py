@@ -32,9 +32,9 @@ def mean_gold(model, tok) -> float:
     return float(torch.tensor(gold_rewards([PROMPTS[i] for i in ro.prompt_index], ro.texts)).mean())
 
 
-@pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
+@pytest.mark.parametrize("algorithm", ["rloo", "grpo", "ppo"])
 def test_rl_raises_gold_reward(tmp_path, lab_tiny, algorithm):
-    model, tok, cfg = rl(tmp_path, lab_tiny, algorithm, algorithm=algorithm)
+    model, tok, cfg = rl(tmp_path, lab_tiny, algorithm, algorithm=algorithm, **({"lr": 1e-4} if algorithm == "ppo" else {}))
     before = mean_gold(model, tok)
     train_rl(cfg, model=model, tokenizer=tok, prompts=PROMPTS, reward_fn=gold_rewards, log=lambda *a: None)
     after = mean_gold(model, tok)
@@ -87,3 +87,56 @@ def test_interrupted_rl_run_resumes_exactly(tmp_path, lab_tiny):
     assert len(a) == len(b) == 6
     for x, y in zip(a, b):
         assert json.loads(x)["loss"] == pytest.approx(json.loads(y)["loss"], abs=1e-6)
+
+
+def test_ppo_clips_against_the_rollout_policy():
+    """PPO's old log-probs, old values and GAE advantages are fixed at the rollout: a second epoch
+    sees ratios != 1 and value clipping that binds, not a REINFORCE step repeated."""
+    from alignscope.losses import policy_gradient as pg
+    from alignscope.training.rl import compute_advantages
+
+    cfg = RLConfig(algorithm="ppo", prompts="x", reward="x", samples_per_prompt=2, gae_lambda=1.0)
+    scores = torch.tensor([[1.0, 0.0]])
+    mask = torch.tensor([[True, True], [True, False]])
+    values = torch.tensor([[0.5, 0.5], [0.2, 0.0]])
+    adv, returns = compute_advantages(cfg, scores, mask, torch.zeros(2, 2), 0.0, values)
+    # gamma = lambda = 1: returns are the final reward at every valid token; advantages = returns - V, whitened.
+    torch.testing.assert_close(returns, torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+    raw = torch.tensor([0.5, 0.5, -0.2])
+    torch.testing.assert_close(adv[mask], (raw - raw.mean()) / (raw.std() + 1e-8))
+    # After an update the value head fits the returns exactly, a move larger than the clip range:
+    # against the rollout's values the clipped term still charges for it; against itself it would not.
+    clipped = pg.value_loss(returns.clone(), values, returns, mask, clip=0.2)
+    assert clipped == pytest.approx(0.5 * (2 * 0.3**2 + 0.0) / 3)
+    assert pg.value_loss(returns.clone(), returns.clone(), returns, mask, clip=0.2) == 0.0
+
+
+def test_rl_monitor_reports_gold_peak_and_gao_fit(tmp_path, lab_tiny):
+    model, tok, cfg = rl(tmp_path, lab_tiny, "monitor", steps=4, save_steps=2)
+    train_rl(cfg, model=model, tokenizer=tok, prompts=PROMPTS, reward_fn=lambda p, r: [len(x) / 10 for x in r],
+             gold_fn=gold_rewards, log=lambda *a: None)
+    summary = json.loads((tmp_path / "monitor" / "overoptimization.json").read_text())
+    rows = [json.loads(line) for line in (tmp_path / "monitor" / "rl_metrics.jsonl").read_text().splitlines()]
+    gold = [r["gold_reward"] for r in rows]
+    assert summary["gold_peak"]["peak_gold"] == pytest.approx(max(gold))
+    assert summary["gold_peak"]["peak_step"] == rows[gold.index(max(gold))]["step"]
+    assert summary["checkpoints_kept"] == [2, 4]
+    assert summary["nearest_checkpoint_to_peak"] in (2, 4)
+    assert set(summary["gao_fit_rl"]) >= {"alpha", "beta", "r2", "d_peak"}
+
+
+def test_flat_objective_warned_once(tmp_path, lab_tiny):
+    from alignscope.data.records import prompt_text
+
+    def mostly_constant(prompts, responses):
+        return [len(r) / 10 if len(prompt_text(p)) % 4 == 0 else 0.5 for p, r in zip(prompts, responses)]
+
+    flat_share = sum(len(prompt_text(p)) % 4 != 0 for p in PROMPTS) / len(PROMPTS)
+    assert flat_share > 0.6
+    model, tok, cfg = rl(tmp_path, lab_tiny, "flat", steps=2, prompts_per_step=16)
+    said = []
+    train_rl(cfg, model=model, tokenizer=tok, prompts=PROMPTS, reward_fn=mostly_constant, log=said.append)
+    pitfalls = [json.loads(line) for line in (tmp_path / "flat" / "pitfalls.jsonl").read_text().splitlines()]
+    assert [p["name"] for p in pitfalls] == ["flat RL objective"]  # once, at the first step
+    assert pitfalls[0]["step"] == 1 and pitfalls[0]["size"] > 0.5
+    assert any("flat RL objective" in line and "select-prompts" in line for line in said)

@@ -44,9 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_data(args: argparse.Namespace) -> int:
     from alignscope.data import load_data, parse_mapping
-    from alignscope.diagnostics.data_audit import apply_filter, audit_pairs, format_summary, write_table
+    from alignscope.diagnostics.data_audit import apply_filter, audit_pairs, format_summary, parse_filter, write_table
     from alignscope.models.loading import load_model_and_tokenizer
 
+    if args.filter:
+        parse_filter(args.filter)  # a bad spec fails now, not after every pair is scored
     out = Path(args.out)
     data = load_data(args.data, format=args.format, mapping=parse_mapping(args.map), on_error=args.on_error,
                      rejects_path=out.with_name(out.stem + ".rejects.jsonl"))

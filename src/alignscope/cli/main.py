@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     except AlignscopeError as e:
         print(f"alignscope: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # the file system refused: a path that is a file, no permission, a full disk
+        print(f"alignscope: error: {e}\n  fix: check the paths given (output folders must be folders), "
+              "their permissions and the free disk space", file=sys.stderr)
+        return AlignscopeError.exit_code
     except KeyboardInterrupt:
         print("alignscope: interrupted", file=sys.stderr)
         return 130

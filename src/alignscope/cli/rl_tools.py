@@ -44,6 +44,11 @@ def _sample(args):
     from alignscope.rewards.sources import load_reward_source
 
     prompts = [ex.prompt for ex in load_data(args.prompts).examples][: args.limit]
+    if not prompts or args.n < 1:
+        from alignscope.errors import ConfigError
+
+        raise ConfigError(f"nothing to sample: {len(prompts)} prompts x --n {args.n} samples",
+                          "give at least one prompt (--limit of at least 1) and --n of at least 1")
     model, tok = load_model_and_tokenizer(args.policy)
     ro = generate(model, tok, prompts, GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                                          n=args.n, do_sample=True, seed=args.seed))

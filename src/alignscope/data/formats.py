@@ -128,10 +128,21 @@ def check_columns(fmt: str, columns: set[str]) -> None:
 # --- fields
 
 
+def _unicode(value: str, field: str) -> str:
+    """Refuse text no tokenizer can encode: a JSON escape such as \\ud800 decodes to a lone surrogate."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise bad(f"holds an unpaired UTF-16 surrogate ({value[e.start]!r} at character {e.start}), which is not text",
+                  "fix the \\uXXXX escapes of this field (surrogates must come in pairs)", field=field, kind="utf8") from None
+    return value
+
+
 def _text(value: Any, field: str) -> str:
     if not isinstance(value, str):
         raise bad(f"expected text, got {type(value).__name__} ({str(value)[:40]!r})", "store this field as a string",
                   field=field, kind="type")
+    _unicode(value, field)
     if not value.strip():
         raise bad("is empty" if not value else "is only whitespace", "fill in the text or remove the row",
                   field=field, kind="empty")
@@ -141,11 +152,11 @@ def _text(value: Any, field: str) -> str:
 def _content(value: Any, field: str) -> str:
     """Message content: text, or TRL/OpenAI content parts [{"type": "text", "text": ...}]."""
     if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in value):
-        return "".join(str(p.get("text", "")) for p in value)
+        return _unicode("".join(str(p.get("text", "")) for p in value), field)
     if not isinstance(value, str):
         raise bad(f"message content is {type(value).__name__}, not text", "store the message content as a string",
                   field=field, kind="type")
-    return value
+    return _unicode(value, field)
 
 
 def message(m: Any, field: str) -> Message:
@@ -178,7 +189,7 @@ def messages(value: Any, field: str) -> list[Message]:
 
 def parse_hh(text: str, field: str) -> list[Message]:
     """An HH-RLHF transcript '\\n\\nHuman: ...\\n\\nAssistant: ...' as chat messages."""
-    parts = HH_TURN.split(text)
+    parts = HH_TURN.split(_unicode(text, field))
     if len(parts) < 3 or parts[0].strip():
         raise bad("is plain text, but without a prompt it must be a whole conversation: a message list or a "
                   "'\\n\\nHuman: ... \\n\\nAssistant: ...' transcript",

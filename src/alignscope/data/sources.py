@@ -103,6 +103,11 @@ def read_jsonl(path: Path) -> RawData:
             out.errors.append((_error("json", f"malformed JSON ({e.msg} at column {e.colno})",
                                       "fix or remove the line: each line must be one complete JSON object", name, lineno), raw))
             continue
+        except (ValueError, RecursionError) as e:  # a number too long to convert, nesting too deep
+            out.errors.append((_error("json", f"unreadable JSON ({str(e)[:120]})",
+                                      "fix or remove the line: numbers of at most 4300 digits, nesting of at most ~1000 levels",
+                                      name, lineno), raw))
+            continue
         if not isinstance(obj, dict):
             out.errors.append((_error("json", f"the line is a JSON {type(obj).__name__}, not an object",
                                       "write one {...} object per line", name, lineno), raw))
@@ -174,13 +179,16 @@ def read_json(path: Path, split: str = "train") -> RawData:
         if e.msg == "Extra data" and text.lstrip().startswith("{"):
             return read_jsonl(path)
         raise _error("json", f"malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})", "fix the JSON syntax", name, e.lineno) from None
+    except (ValueError, RecursionError) as e:  # a number too long to convert, nesting too deep
+        raise _error("json", f"unreadable JSON ({str(e)[:120]})", "fix the JSON: numbers of at most 4300 digits, "
+                     "nesting of at most ~1000 levels", name) from None
     key = None
     if isinstance(obj, dict):
         key = next((k for k in dict.fromkeys((split, "data", "train", "rows", "examples")) if isinstance(obj.get(k), list)), None)
         if key is None:
             lists = [k for k, v in obj.items() if isinstance(v, list)]
             raise DataError(
-                f"the JSON object has no list of records under '{split}', 'data' or 'train'"
+                f"the JSON object has no list of records under {' or '.join(repr(k) for k in dict.fromkeys((split, 'data', 'train')))}"
                 + (f" (it has lists under {lists})" if lists else ""),
                 "store a list of records, or {\"data\": [...]}" + (f", or pass split='{lists[0]}'" if lists else ""),
                 source=name,
@@ -209,7 +217,7 @@ def _cell(value: str) -> Any:
     if v[:1] in "[{" and v[-1:] in "]}":
         try:
             return json.loads(v)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             return value
     return value
 

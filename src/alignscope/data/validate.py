@@ -74,7 +74,7 @@ def write_rejects(errors: list[Rejected], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
+        with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as f:  # a rejected row may hold lone surrogates
             for err, row in errors:
                 rec = {"line": row.line, "field": err.field, "kind": kind_of(err), "error": err.problem, "fix": err.fix,
                        "row": row.data if row.data else row.text}

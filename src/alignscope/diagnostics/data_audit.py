@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from alignscope.data.records import PairExample, prompt_text
 from alignscope.data.tokenize import TokenizeStats, encode_group
 from alignscope.diagnostics.ches import ches, ches_filter, ln_ches
 from alignscope.diagnostics.similarity import final_embedding_inner_product, normalized_edit_distance
-from alignscope.errors import DataError
+from alignscope.errors import DataError, did_you_mean
 from alignscope.models.scoring import pad_token_id, score_sequences
 
 COLUMNS = [
@@ -135,8 +136,8 @@ def write_jsonl(records: list[dict[str, Any]], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def apply_filter(audit: DataAudit, pairs: list[PairExample], spec: str, out_path: Path) -> tuple[Path, Path, int]:
-    """Drop high-LN-CHES pairs. spec: 'drop:0.1' (top fraction), 'threshold:0.5', or 'keep-lowest:0.05'."""
+def parse_filter(spec: str) -> dict[str, float]:
+    """'drop:0.1' -> {'drop_fraction': 0.1}: the `ches_filter` rule, checked before any pair is scored."""
     kind, _, value = spec.partition(":")
     try:
         v = float(value)
@@ -144,9 +145,20 @@ def apply_filter(audit: DataAudit, pairs: list[PairExample], spec: str, out_path
         raise DataError(f"--filter '{spec}' has no number", "write drop:0.1, threshold:0.5 or keep-lowest:0.05") from None
     options = {"drop": "drop_fraction", "threshold": "threshold", "keep-lowest": "keep_lowest_fraction"}
     if kind not in options:
-        raise DataError(f"--filter kind '{kind}' is unknown", "write drop:0.1, threshold:0.5 or keep-lowest:0.05")
+        raise DataError(f"--filter kind '{kind}' is unknown" + did_you_mean(kind, options),
+                        "write drop:0.1, threshold:0.5 or keep-lowest:0.05")
+    if not math.isfinite(v):
+        raise DataError(f"--filter '{spec}': the value must be a finite number", "write e.g. threshold:0.5")
+    if kind != "threshold" and not 0.0 <= v <= 1.0:
+        raise DataError(f"--filter '{spec}': {kind} needs a fraction in [0, 1], got {value}",
+                        "write e.g. drop:0.1 (the top 10%) or keep-lowest:0.05")
+    return {options[kind]: v}
+
+
+def apply_filter(audit: DataAudit, pairs: list[PairExample], spec: str, out_path: Path) -> tuple[Path, Path, int]:
+    """Drop high-LN-CHES pairs. spec: 'drop:0.1' (top fraction), 'threshold:0.5', or 'keep-lowest:0.05'."""
     scores = [r["ln_ches"] for r in audit.rows]
-    keep, drop = ches_filter(scores, **{options[kind]: v})
+    keep, drop = ches_filter(scores, **parse_filter(spec))
     dropped_path = Path(out_path).with_name(Path(out_path).stem + ".dropped.jsonl")
     write_jsonl([pair_record(pairs[i]) for i in keep], out_path)
     write_jsonl([{**pair_record(pairs[i]), "ln_ches": scores[i]} for i in drop], dropped_path)

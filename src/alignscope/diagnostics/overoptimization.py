@@ -42,6 +42,34 @@ def sqrt_kl(kl: Any) -> np.ndarray:
     return np.sqrt(np.clip(as_f64(kl, "kl"), 0.0, None))
 
 
+def best_of_n_curve(selector: Any, value: Any) -> np.ndarray:
+    """E[value of the selector-best of n samples], n = 1..N, averaged over prompts ([P, N] in, [N] out).
+
+    The n samples are a uniformly random n-subset of the N drawn per prompt, so every n gets an
+    exact, unbiased estimate from one sample set: with samples sorted by `selector`, the i-th
+    smallest (1-based) is the best of the subset with probability C(i−1, n−1)/C(N, n) (the
+    estimator of Nakano et al. 2021, used by Gao et al. 2022). Pass the proxy as `selector` and
+    the gold reward as `value` for the over-optimisation curve, or the proxy for both. Ties in
+    `selector` are broken by sample order.
+    """
+    s, v = as_f64(selector, "selector", 2), as_f64(value, "value", 2)
+    if s.shape != v.shape:
+        raise DataError(f"selector has shape {s.shape} but value has {v.shape}")
+    n_max = s.shape[1]
+    if s.size == 0:
+        raise DataError("no samples to select from", field="selector")
+    order = np.argsort(s, axis=1, kind="stable")
+    sorted_v = np.take_along_axis(v, order, 1).mean(0)
+    # In log space: the binomials overflow a float (N ≳ 1000) long before their ratio does.
+    log_fact = np.array([math.lgamma(k + 1) for k in range(n_max + 1)])
+    i, n = np.arange(1, n_max + 1)[None, :], np.arange(1, n_max + 1)[:, None]
+    valid = i >= n
+    log_w = (log_fact[i - 1] - log_fact[n - 1] - log_fact[np.where(valid, i - n, 0)]
+             - (log_fact[n_max] - log_fact[n] - log_fact[n_max - n]))
+    weights = np.where(valid, np.exp(np.where(valid, log_w, 0.0)), 0.0)
+    return weights @ sorted_v
+
+
 def _fit(form: str, d: Any, gold: Any, basis: Callable[[np.ndarray], np.ndarray],
          peak: Callable[[float, float], float]) -> GaoFit:
     dd, g = as_f64(d, "d", 1), as_f64(gold, "gold", 1)

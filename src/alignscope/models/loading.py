@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from alignscope.errors import ModelError
 
@@ -55,6 +56,9 @@ def _resolve(spec: str) -> tuple[str, dict]:
 
 
 def _hub_error(spec: str, e: Exception) -> ModelError:
+    if "custom code" in str(e):
+        return ModelError(f"'{spec}' needs its own Python code to load, and alignscope does not run it by default",
+                          "read that code; if you trust it, set trust_remote_code: true")
     return ModelError(
         f"cannot load '{spec}': {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
         "give a local folder saved with save_pretrained, a .gguf file, 'smollm2', or a hub id already in the "
@@ -113,6 +117,9 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(
             where, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code, **kw
         )
+    except SafetensorError as e:
+        raise ModelError(f"the weights of '{spec}' are corrupt or truncated ({e})",
+                         "copy or save the model again (save_pretrained writes model.safetensors)") from None
     except (OSError, ValueError) as e:
         raise _hub_error(spec, e) from None
     except RuntimeError as e:

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from alignscope.errors import ModelError
+
 
 @dataclass
 class ScoreOutput:
@@ -50,6 +52,25 @@ def body_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     if body is None or head is None:
         raise TypeError(f"{type(lm).__name__} is not a causal LM with a body and an output embedding")
     return body, head
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """The longest sequence the model's position table covers, when its config says."""
+    config = getattr(unwrap_model(model), "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_context(model: nn.Module, longest: int) -> None:
+    """Refuse sequences longer than the model's positions: learned position embeddings (GPT-2
+    style) would otherwise fail deep in the forward pass with an index error."""
+    limit = max_positions(model)
+    if limit is not None and longest > limit:
+        raise ModelError(f"a sequence of {longest} tokens is longer than the model's {limit} positions",
+                         f"set max_length (--max-length on the command line) to at most {limit}")
 
 
 def pad_batch(
@@ -130,6 +151,7 @@ def score_batch(
         raise ValueError("every response needs at least one token")
     inner = model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
     lm = inner.lm if isinstance(inner, Scorer) else model
+    check_context(lm, max((len(p) + len(r) for p, r in zip(prompt_ids, response_ids)), default=0))
     device = body_and_head(lm)[1].weight.device
     input_ids, attn, pos, pred = pad_batch(prompt_ids, response_ids, pad_id, padding_side, device)
     if isinstance(inner, Scorer):

@@ -56,6 +56,11 @@ def as_rewards(values: Any, n: int, where: str) -> torch.Tensor:
     return r
 
 
+def _syntax_error(e: SyntaxError, spec: str) -> ConfigError:
+    return ConfigError(f"the reward module of '{spec}' has a syntax error: {e.filename}, line {e.lineno}: {e.msg}",
+                       "fix the Python file (python -m py_compile FILE shows the error)")
+
+
 def _import_module(module: str, spec: str):
     if module.endswith(".py"):
         path = Path(module)
@@ -63,10 +68,15 @@ def _import_module(module: str, spec: str):
             raise ConfigError(f"reward file '{module}' does not exist (in '{spec}')")
         mod_spec = importlib.util.spec_from_file_location(f"_alignscope_reward_{path.stem}", path)
         mod = importlib.util.module_from_spec(mod_spec)
-        mod_spec.loader.exec_module(mod)
+        try:
+            mod_spec.loader.exec_module(mod)
+        except SyntaxError as e:
+            raise _syntax_error(e, spec) from None
         return mod
     try:
         return importlib.import_module(module)
+    except SyntaxError as e:
+        raise _syntax_error(e, spec) from None
     except ModuleNotFoundError as e:
         if e.name is None or not (module == e.name or module.startswith(e.name + ".")):
             raise ConfigError(f"cannot import '{module}' for reward '{spec}': {e}", "install what the module imports") from None
@@ -77,7 +87,10 @@ def _import_module(module: str, spec: str):
     if cwd not in sys.path and (Path(cwd, f"{top}.py").is_file() or Path(cwd, top, "__init__.py").is_file()):
         sys.path.append(cwd)
         importlib.invalidate_caches()
-        return importlib.import_module(module)
+        try:
+            return importlib.import_module(module)
+        except SyntaxError as e:
+            raise _syntax_error(e, spec) from None
     raise ConfigError(f"cannot import '{module}' for reward '{spec}': no module named '{module}'", "check the name, or put its folder on PYTHONPATH")
 
 

@@ -4,13 +4,20 @@ A checkpoint is a folder `checkpoint-<step>` holding the trainable weights (safe
 optimizer and scheduler states, RNG states and the data position. It is written into a temp
 folder and renamed into place, and carries a `complete.json` written last; a folder without a
 valid `complete.json` is partial or corrupt and is skipped with a message.
+
+Test hook: ALIGNSCOPE_TEST_DIE_IN_CHECKPOINT=STEP:PHASE makes the process SIGKILL itself while
+writing checkpoint-STEP, at PHASE `weights` (temp folder half written), `rename` (temp folder
+complete, not yet renamed) or `prune` (renamed, older checkpoints not yet deleted), so the kill
+tests hit a checkpoint write deterministically. Unset, it does nothing.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +45,11 @@ def set_rng_state(state: dict[str, Any], torch_state: torch.Tensor) -> None:
     torch.set_rng_state(torch_state)
 
 
+def _test_kill_point(step: int, phase: str) -> None:
+    if os.environ.get("ALIGNSCOPE_TEST_DIE_IN_CHECKPOINT") == f"{step}:{phase}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
 
@@ -60,15 +72,18 @@ def save_checkpoint(
     tensors = trainable_state(model)
     # safetensors refuses shared storage (tied embeddings): store a copy per name.
     save_file({k: v.clone() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
+    _test_kill_point(step, "weights")
     torch.save(
         {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()},
         tmp / "trainer_state.pt",
     )
     (tmp / "state.json").write_text(json.dumps({**state, "rng": rng_state()}))
     (tmp / MARKER).write_text(json.dumps({"step": step}))
+    _test_kill_point(step, "rename")
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
+    _test_kill_point(step, "prune")
     for old in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from alignscope.errors import ConfigError
@@ -92,6 +93,8 @@ class TrainConfig:
     def validate(self) -> None:
         if not self.data:
             raise ConfigError("no training data given", "set data: path/to/file.jsonl (or data=... on the command line)")
+        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
+            raise ConfigError(f"output_dir '{self.output_dir}' is a file, not a folder", "set output_dir to a new or existing folder")
         for name in ("batch_size", "grad_accum", "epochs", "max_length", "logging_steps", "keep_last", "rm_heads"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"'{name}' must be a positive integer, got {getattr(self, name)}")
@@ -112,6 +115,8 @@ class TrainConfig:
 
             from alignscope.errors import did_you_mean
 
+            if not self.loss:
+                raise ConfigError("no loss terms given", "give at least one, e.g. loss=sigmoid or loss=[sigmoid,sft:0.2]")
             for term in self.loss:
                 if term.type not in PREFERENCE_LOSSES:
                     raise ConfigError(

@@ -20,10 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from alignscope.diagnostics.displacement import mass_gainers
 from alignscope.errors import ConfigError, TrainingError
-from alignscope.models.scoring import Scorer, pad_token_id, score_sequences, unwrap_model
+from alignscope.models.scoring import Scorer, body_and_head, check_context, pad_token_id, score_sequences, unwrap_model
 from alignscope.training import checkpoint as ckpt
 from alignscope.training.config import TrainConfig
 from alignscope.training.items import Item, to_items
@@ -137,7 +139,57 @@ def evaluate(model, eval_items: list[Item], ref: dict[int, list[float]] | None, 
         r = torch.tensor([ref[i][:2] for i in range(len(eval_items))])
         margin = beta * ((lp[:, 0] - r[:, 0]) - (lp[:, 1] - r[:, 1]))
         res["implicit_reward_accuracy"] = float(((margin > 0).float() + 0.5 * (margin == 0).float()).mean())
+    short = [it for it in eval_items if len(it.responses[0]) <= SHORT_RESPONSE_TOKENS]
+    if short:
+        res["first_token_probs"] = first_token_probs(model, short, pad_id, batch_size)
     return res
+
+
+SHORT_RESPONSE_TOKENS = 3  # chosen responses this short (EOS included) get the "where did the mass go" monitor
+
+
+@torch.no_grad()
+def first_token_probs(model, items: list[Item], pad_id: int, batch_size: int) -> torch.Tensor:
+    """Mean next-token distribution [V] at the first response position of `items`.
+
+    Scoring a one-token response makes the engine's `hidden_sum` exactly the hidden state that
+    predicts it, so the full-vocabulary softmax is taken at that one position only.
+    """
+    out = score_sequences(model, [it.prompt_ids for it in items], [it.responses[0][:1] for it in items],
+                          pad_id=pad_id, batch_size=batch_size, return_hidden=True)
+    _, head = body_and_head(model)
+    logits = head(out.hidden_sum.to(device=head.weight.device, dtype=head.weight.dtype)).float()
+    return torch.softmax(logits, dim=-1).mean(0).cpu()
+
+
+def log_eval_point(metrics_log: MetricsLogger, step: int, now: dict[str, Any], start: dict[str, Any], start_probs, tokenizer) -> None:
+    """One monitor point: displacement against the start and, for short responses, the tokens that gained mass."""
+    probs = now.pop("first_token_probs", None)
+    gainers = None
+    if probs is not None and start_probs is not None and step > 0:
+        gainers = [{"token": tokenizer.decode([i]), "id": i, "gain": round(g, 6)} for i, g in mass_gainers(start_probs, probs, top_k=5)]
+    metrics_log.eval_point(step, now, start, mass_gainers=gainers)
+
+
+def add_lora(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
+    """Wrap the policy (or a reward model's body) in LoRA adapters; the base weights stay frozen.
+
+    The reference is the initial policy, i.e. the adapter disabled: its log-probs are
+    precomputed before the first update, when the adapter is still the identity.
+    """
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ConfigError("LoRA needs the peft package", "pip install 'alignscope[peft]'") from None
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in cfg.lora.target_modules if m not in names]
+    if missing:
+        raise ConfigError(
+            f"LoRA target modules {missing} are not in the model",
+            f"set lora.target_modules to some of: {', '.join(sorted(n for n in names if n.endswith('proj')) or sorted(names)[:12])}",
+        )
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules)
+    return get_peft_model(model, lora)
 
 
 def train(
@@ -185,12 +237,19 @@ def train(
         eval_items = [it for it in to_items(cfg.method, eval_examples, tokenizer, cfg.max_length, cfg.max_prompt_length)[0] if len(it.responses) >= 2]
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    if cfg.lora is not None and cfg.method != "rm":
-        try:
-            from peft import LoraConfig, get_peft_model
-        except ImportError:
-            raise ConfigError("LoRA needs the peft package", "pip install 'alignscope[peft]'") from None
-        model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules))
+    if cfg.lora is not None:
+        model = add_lora(model, cfg)
+
+    # Checks that need only the tokens come before any compute or output (no reference cache, no run folder).
+    check_context(model, max((len(it.prompt_ids) + len(r) for it in items + eval_items for r in it.responses), default=0))
+    world = accelerator.num_processes
+    global_batch = cfg.batch_size * cfg.grad_accum * world
+    if len(items) < global_batch:
+        raise ConfigError(
+            f"the dataset has {len(items)} training items, fewer than one global batch ({global_batch} = "
+            f"batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum} x {world} processes)",
+            "lower batch_size or grad_accum, or add data",
+        )
 
     # --- reference log-probs (before any update: the initial policy is the default reference)
     ref_logps = eval_ref = None
@@ -219,18 +278,12 @@ def train(
         trained = Scorer(model)
 
     # --- optimisation
-    world = accelerator.num_processes
-    global_batch = cfg.batch_size * cfg.grad_accum * world
-    if len(items) < global_batch:
-        raise ConfigError(
-            f"the dataset has {len(items)} training items, fewer than one global batch ({global_batch} = "
-            f"batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum} x {world} processes)",
-            "lower batch_size or grad_accum, or add data",
-        )
     steps_per_epoch = len(items) // global_batch
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
     params = [p for p in trained.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # The fused kernel (CPU and CUDA) replaces a Python loop over parameter tensors: the same update, faster.
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     from transformers import get_scheduler
 
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps)
@@ -257,14 +310,18 @@ def train(
             say(f"resumed from step {start_step} of {total_steps}")
     metrics_log = MetricsLogger(out_dir, enabled=is_main, report_to=cfg.report_to, truncate_after=start_step if resume else 0)
 
-    eval_start = None
+    eval_start = start_probs = None
     eval_every = cfg.eval_steps
     if eval_items and is_main:
-        start_file = out_dir / "eval_start.json"
+        start_file, probs_file = out_dir / "eval_start.json", out_dir / "eval_start_probs.safetensors"
         if start_step > 0 and start_file.exists():
             eval_start = json.loads(start_file.read_text())
+            start_probs = load_file(str(probs_file))["probs"] if probs_file.exists() else None
         else:
             eval_start = evaluate(accelerator.unwrap_model(trained).lm, eval_items, eval_ref, pad_id, cfg.beta, max(cfg.batch_size, 8))
+            start_probs = eval_start.pop("first_token_probs", None)
+            if start_probs is not None:
+                save_file({"probs": start_probs}, str(probs_file))
             start_file.write_text(json.dumps(eval_start))
             metrics_log.eval_point(0, eval_start, eval_start)
 
@@ -321,7 +378,8 @@ def train(
             bar.set_postfix(loss=f"{reduced.get('loss', float('nan')):.4f}")
         if eval_start is not None and ((eval_every and done % eval_every == 0) or done == total_steps):
             lm = accelerator.unwrap_model(trained).lm
-            metrics_log.eval_point(done, evaluate(lm, eval_items, eval_ref, pad_id, cfg.beta, max(cfg.batch_size, 8)), eval_start)
+            now = evaluate(lm, eval_items, eval_ref, pad_id, cfg.beta, max(cfg.batch_size, 8))
+            log_eval_point(metrics_log, done, now, eval_start, start_probs, tokenizer)
             trained.train()
         if cfg.save_steps and done % cfg.save_steps == 0 and done < total_steps:
             accelerator.wait_for_everyone()
@@ -334,6 +392,11 @@ def train(
     if is_main:
         final = accelerator.unwrap_model(trained)
         ckpt.save_checkpoint(out_dir, total_steps, final, optimizer, scheduler, {"step": total_steps, "skipped_batches": skipped}, cfg.keep_last)
+        if cfg.lora is not None:
+            # The adapter alone (for peft users) and the merged model (what every alignscope command loads).
+            lm = final.lm
+            lm.save_pretrained(out_dir / "final" / "adapter")
+            final.lm = lm.merge_and_unload()
         target = final if cfg.method == "rm" else final.lm
         target.save_pretrained(out_dir / "final")
         tokenizer.save_pretrained(out_dir / "final")

@@ -73,8 +73,11 @@ class MetricsLogger:
         if self.wandb is not None:
             self.wandb.log(row, step=step)
 
-    def eval_point(self, step: int, now: dict[str, Any], start: dict[str, Any]) -> dict[str, Any]:
-        """Log per-pair eval log-probs and displacement against the start; warn on a detected pitfall."""
+    def eval_point(self, step: int, now: dict[str, Any], start: dict[str, Any], mass_gainers: list[dict] | None = None) -> dict[str, Any]:
+        """Log per-pair eval log-probs and displacement against the start; warn on a detected pitfall.
+
+        `mass_gainers` (short responses only): the tokens whose first-position probability rose most.
+        """
         if not self.enabled:
             return {}
         self.append_jsonl("eval_logps.jsonl", {"step": step, "chosen": now["chosen"], "rejected": now["rejected"]})
@@ -82,9 +85,14 @@ class MetricsLogger:
         row = {"step": step, **stats}
         if "implicit_reward_accuracy" in now:
             row["implicit_reward_accuracy"] = now["implicit_reward_accuracy"]
+        if mass_gainers:
+            row["mass_gainers"] = mass_gainers
         self.append_jsonl("displacement.jsonl", row)
         if step > 0:
             for pitfall in detect_displacement(stats):
+                if mass_gainers:
+                    moved = ", ".join(f"{g['token']!r} (+{g['gain']:.3f})" for g in mass_gainers[:3])
+                    pitfall.message += f"; on short responses the mass went to {moved}"
                 self.say(f"alignscope: warning: {format_pitfall(pitfall)}")
                 self.append_jsonl("pitfalls.jsonl", {"step": step, **pitfall.__dict__})
         return row

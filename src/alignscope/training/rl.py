@@ -19,8 +19,10 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
+from alignscope.diagnostics.overoptimization import fit_rl, gold_peak, sqrt_kl
 from alignscope.diagnostics.variance import per_prompt_variance
-from alignscope.errors import ConfigError, TrainingError
+from alignscope.diagnostics.warnings import detect_flat_objective, detect_overoptimization, format_pitfall
+from alignscope.errors import ConfigError, DataError, TrainingError
 from alignscope.losses import policy_gradient as pg
 from alignscope.models.scoring import Scorer, pad_token_id, score_batch
 from alignscope.rewards.sources import load_reward_source
@@ -55,6 +57,7 @@ class RLConfig:
     clip_eps: float = 0.2
     ppo_epochs: int = 2
     value_lr: float = 1e-3
+    vf_coef: float = 0.5  # PPO: weight of the clipped value loss
     gae_lambda: float = 0.95
     dynamic_sampling: bool = False  # drop groups whose reward variance is below `variance_threshold`, refill
     variance_threshold: float = 1e-6
@@ -71,6 +74,8 @@ class RLConfig:
             raise ConfigError("no prompts given", "set prompts: path/to/prompts.jsonl")
         if not self.reward:
             raise ConfigError("no reward given", "set reward: module:function, a reward-model folder, or lab:gold")
+        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
+            raise ConfigError(f"output_dir '{self.output_dir}' is a file, not a folder", "set output_dir to a new or existing folder")
         for name in ("steps", "prompts_per_step", "samples_per_prompt", "max_new_tokens", "ppo_epochs", "keep_last"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"'{name}' must be a positive integer, got {getattr(self, name)}")
@@ -96,6 +101,65 @@ def group_variance(rewards: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(per_prompt_variance(rewards), dtype=torch.float32)
 
 
+def compute_advantages(
+    cfg: RLConfig, scores: torch.Tensor, mask: torch.Tensor, kl_tok: torch.Tensor, kl_coef: float, values: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Advantages of one rollout batch: [B] per sequence for the group methods, [B, T] by GAE for PPO.
+
+    `scores` is [P, n]; with kl_mode=reward the k1 penalty is subtracted from the reward (per token
+    for PPO, summed per sequence otherwise). PPO advantages are whitened over valid tokens; PPO
+    also returns the value targets.
+    """
+    flat = scores.reshape(-1)
+    penalise = cfg.kl_mode == "reward"
+    if cfg.algorithm == "ppo":
+        token_rewards = -kl_coef * kl_tok if penalise else torch.zeros_like(kl_tok)
+        last = mask.sum(-1) - 1
+        token_rewards[torch.arange(len(last)), last] += flat
+        adv, returns = pg.gae(token_rewards, values, mask, gamma=1.0, lam=cfg.gae_lambda)
+        valid = adv[mask]
+        if valid.numel() > 1:
+            adv = (adv - valid.mean()) / (valid.std() + 1e-8) * mask
+        return adv, returns
+    if penalise:
+        flat = flat - kl_coef * kl_tok.sum(-1)
+    grouped = flat.view(-1, cfg.samples_per_prompt)
+    if cfg.algorithm == "rloo":
+        return pg.rloo_advantages(grouped).reshape(-1), None
+    if cfg.algorithm == "grpo":
+        return pg.grpo_advantages(grouped).reshape(-1), None
+    if cfg.algorithm == "dr_grpo":
+        return pg.dr_grpo_advantages(grouped).reshape(-1), None
+    return pg.reinforce_advantages(grouped, baseline="mean").reshape(-1), None
+
+
+def overoptimization_summary(out_dir: Path, logger: MetricsLogger, log=print) -> dict | None:
+    """Proxy vs gold vs sqrt(KL) over the whole run (resumed parts included): where the gold reward
+    peaked, the nearest kept checkpoint, and Gao et al.'s RL form fitted to the gold gain.
+    Written to `overoptimization.json`; a detected over-optimisation is logged as a pitfall."""
+    path = out_dir / "rl_metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    rows = [r for r in rows if r.get("gold_reward") is not None]
+    if len(rows) < 3:
+        return None
+    steps = [r["step"] for r in rows]
+    proxy, gold, kl = ([r[k] for r in rows] for k in ("proxy_reward", "gold_reward", "kl"))
+    peak = gold_peak(steps, gold, proxy)
+    kept = [int(c.name.rsplit("-", 1)[1]) for c in ckpt.list_checkpoints(out_dir)]
+    summary: dict = {"gold_peak": asdict(peak), "checkpoints_kept": kept,
+                     "nearest_checkpoint_to_peak": min(kept, key=lambda c: abs(c - peak.peak_step)) if kept else None}
+    try:
+        fit = fit_rl(sqrt_kl(kl), [g - gold[0] for g in gold])
+        summary["gao_fit_rl"] = {**asdict(fit), "d_peak": fit.d_peak if math.isfinite(fit.d_peak) else None}
+    except DataError as e:
+        summary["gao_fit_rl"] = {"error": str(e)}
+    for pitfall in detect_overoptimization(steps, proxy, gold):
+        log(f"alignscope: warning: {format_pitfall(pitfall)}")
+        logger.append_jsonl("pitfalls.jsonl", {"step": steps[-1], **pitfall.__dict__})
+    (out_dir / "overoptimization.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
 def train_rl(
     cfg: RLConfig, *, resume: bool = False, model=None, tokenizer=None, prompts: list | None = None,
     reward_fn=None, gold_fn=None, log=print,
@@ -103,10 +167,8 @@ def train_rl(
     """Run RL; in-memory `model`/`tokenizer`, `prompts` and reward callables replace the config's specs."""
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
 
-    # --- data, policy, reference, rewards
+    # --- data, policy, reference, rewards (each can fail on bad input: before the run folder is written)
     from alignscope.data import load_data
 
     if prompts is None:
@@ -120,6 +182,8 @@ def train_rl(
     reward_fn = reward_fn or load_reward_source(cfg.reward)
     if gold_fn is None and cfg.gold:
         gold_fn = load_reward_source(cfg.gold)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
     pad_id = pad_token_id(tokenizer)
     scorer = Scorer(model)
     value_head = None
@@ -155,6 +219,7 @@ def train_rl(
 
     bar = tqdm(total=cfg.steps, initial=start, desc=f"rl {cfg.algorithm}", disable=not cfg.progress, unit="step")
     t0 = time.time()
+    warned_flat = False
     for step in range(start, cfg.steps):
         # --- rollouts (dynamic sampling drops flat groups and refills from later prompts)
         g = torch.Generator().manual_seed(cfg.seed * 7919 + step)
@@ -202,43 +267,28 @@ def train_rl(
                 ref_out = score_batch(reference, p_ids, r_ids, pad_id=pad_id, return_token_logps=True)
             ref_tok, mask = _pad(ref_out.token_logps)
             model.train()
-            old_tok = None
+            old_tok = old_values = adv = returns = None
             for epoch in range(cfg.ppo_epochs if cfg.algorithm == "ppo" else 1):
                 out = score_batch(scorer, p_ids, r_ids, pad_id=pad_id, return_token_logps=True, return_token_hidden=cfg.algorithm == "ppo")
                 tok = torch.nn.utils.rnn.pad_sequence(out.token_logps, batch_first=True)
-                kl_tok = (tok.detach() - ref_tok) * mask
-                seq_kl = kl_tok.sum(-1)
-                if old_tok is None:
-                    old_tok = tok.detach()
-                kl_coef = kl_ctl.value
-                flat_scores = scores.reshape(-1)
-                if cfg.kl_mode == "reward":
-                    flat_scores = flat_scores - kl_coef * seq_kl
-                grouped = flat_scores.view(-1, cfg.samples_per_prompt)
-                if cfg.algorithm == "rloo":
-                    adv = pg.rloo_advantages(grouped).reshape(-1)
-                elif cfg.algorithm == "grpo":
-                    adv = pg.grpo_advantages(grouped).reshape(-1)
-                elif cfg.algorithm == "dr_grpo":
-                    adv = pg.dr_grpo_advantages(grouped).reshape(-1)
-                elif cfg.algorithm == "reinforce":
-                    adv = pg.reinforce_advantages(grouped, baseline="mean").reshape(-1)
+                values = None
                 if cfg.algorithm == "ppo":
                     values = torch.nn.utils.rnn.pad_sequence([value_head(h).squeeze(-1) for h in out.token_hidden], batch_first=True)
-                    token_rewards = torch.zeros_like(tok)
-                    last = mask.sum(-1) - 1
-                    token_rewards[torch.arange(len(last)), last] = flat_scores
-                    adv_tok, returns = pg.gae(token_rewards, values.detach(), mask, gamma=1.0, lam=cfg.gae_lambda)
-                    loss = pg.policy_gradient_loss(
-                        tok, adv_tok, mask, old_token_logps=old_tok, clip_eps=cfg.clip_eps, loss_agg="token_mean",
-                        kl_coef=kl_coef if cfg.kl_mode == "loss" else 0.0, ref_token_logps=ref_tok,
-                    ) + 0.5 * pg.value_loss(values, values.detach(), returns, mask, clip=cfg.clip_eps)
-                else:
-                    loss = pg.policy_gradient_loss(
-                        tok, adv, mask, old_token_logps=old_tok, clip_eps=cfg.clip_eps,
-                        loss_agg="dr_grpo" if cfg.algorithm == "dr_grpo" else "token_mean", max_len=cfg.max_new_tokens,
-                        kl_coef=kl_coef if cfg.kl_mode == "loss" else 0.0, ref_token_logps=ref_tok,
-                    )
+                if epoch == 0:
+                    # What every PPO epoch compares against is fixed by the rollout policy, before any update.
+                    old_tok = tok.detach()
+                    kl_tok = (old_tok - ref_tok) * mask
+                    seq_kl = kl_tok.sum(-1)
+                    kl_coef = kl_ctl.value
+                    old_values = values.detach() if values is not None else None
+                    adv, returns = compute_advantages(cfg, scores, mask, kl_tok, kl_coef, old_values)
+                loss = pg.policy_gradient_loss(
+                    tok, adv, mask, old_token_logps=old_tok, clip_eps=cfg.clip_eps,
+                    loss_agg="dr_grpo" if cfg.algorithm == "dr_grpo" else "token_mean", max_len=cfg.max_new_tokens,
+                    kl_coef=kl_coef if cfg.kl_mode == "loss" else 0.0, ref_token_logps=ref_tok,
+                )
+                if values is not None:
+                    loss = loss + cfg.vf_coef * pg.value_loss(values, old_values, returns, mask, clip=cfg.clip_eps)
                 if not torch.isfinite(loss):
                     raise TrainingError(f"RL loss is {loss.item()} at step {step + 1}", "lower lr or kl_coef; the last good checkpoint is kept")
                 optimizer.zero_grad(set_to_none=True)
@@ -268,6 +318,12 @@ def train_rl(
             logger.append_jsonl("rl_metrics.jsonl", {"step": step + 1, "proxy_reward": row["reward/proxy_mean"],
                                                      "gold_reward": row.get("reward/gold_mean"), "kl": row["kl"]})
         logger.append_jsonl("reward_variance.jsonl", {"step": step + 1, "variances": var.tolist() if len(kept_p) else []})
+        if len(kept_p) and not warned_flat and cfg.samples_per_prompt > 1:
+            # The paper's estimator: per-prompt variance of rewards standardised over all of the step's samples.
+            for pitfall in detect_flat_objective(var / (rewards_pn.var() + 1e-12)):
+                warned_flat = True
+                log(f"alignscope: warning: step {step + 1}: {format_pitfall(pitfall)}")
+                logger.append_jsonl("pitfalls.jsonl", {"step": step + 1, **pitfall.__dict__})
         done = step + 1
         if cfg.save_steps and done % cfg.save_steps == 0 or done == cfg.steps:
             ckpt.save_checkpoint(out_dir, done, trainable, optimizer, scheduler, {"step": done, "kl_coef": kl_ctl.value}, cfg.keep_last)
@@ -275,6 +331,7 @@ def train_rl(
         if "reward/proxy_mean" in row:
             bar.set_postfix(reward=f"{row['reward/proxy_mean']:.3f}", kl=f"{row['kl']:.3f}")
     bar.close()
+    overoptimization_summary(out_dir, logger, log)
     model.save_pretrained(out_dir / "final")
     tokenizer.save_pretrained(out_dir / "final")
     logger.close()

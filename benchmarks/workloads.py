@@ -1,0 +1,338 @@
+"""The benchmark workloads: one synthetic dataset, one Llama-style model, and one function per measurement.
+
+Every measurement runs in its own process (see run.py), loads the same saved model and data, and
+times only the work a user waits for: building the trainer (tokenization included), the
+reference pass, the epoch, and saving the final model. Imports and loading the model are outside
+the timed region, identically for both tools.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+THREADS = int(os.environ.get("ALIGNSCOPE_BENCH_THREADS", "2"))
+PAIRS_LIMIT: int | None = None  # set by run_job: use only the first N pairs
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A workload definition: model shape and data shape."""
+
+    name: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    n_pairs: int
+    prompt_words: int
+    response_words: int
+    batch_size: int = 8
+    lr: float = 1e-5
+    beta: float = 0.1
+    gen_prompts: int = 64
+    gen_new_tokens: int = 64
+
+
+SCALES = {
+    "8m": Scale("8m", 8192, 256, 5, 4, 768, 512, 32, 64),
+    "30m": Scale("30m", 8192, 512, 7, 8, 1408, 512, 32, 64),
+    "long": Scale("long", 8192, 256, 5, 4, 768, 512, 32, 512),
+    "quick": Scale("quick", 1024, 64, 2, 4, 256, 32, 12, 16, gen_prompts=8, gen_new_tokens=16),
+}
+
+SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pa", "do", "gu", "he", "ji", "bo", "fa", "we", "yu", "xi", "qo"]
+
+
+def _lexicon(rng: random.Random, n: int) -> list[str]:
+    words: set[str] = set()
+    while len(words) < n:
+        words.add("".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 3))))
+    return sorted(words)
+
+
+def _sentence(rng: random.Random, lexicon: list[str], n_words: int) -> str:
+    # Zipf-like word frequencies, so BPE learns whole frequent words and splits rare ones.
+    k = len(lexicon)
+    return " ".join(lexicon[min(int(rng.paretovariate(0.8)) - 1, k - 1)] if rng.random() < 0.7 else rng.choice(lexicon) for _ in range(n_words))
+
+
+def synthetic_pairs(scale: Scale, seed: int = 0) -> list[dict[str, str]]:
+    """Prompts of ~`prompt_words` words; chosen/rejected of 75-125% of `response_words`, sharing a prefix."""
+    rng = random.Random(seed)
+    lexicon = _lexicon(rng, 6000)
+    rows = []
+    for i in range(scale.n_pairs):
+        prompt = f"Question {i}: " + _sentence(rng, lexicon, scale.prompt_words - 3) + " ?"
+        n_c = rng.randint(scale.response_words * 3 // 4, scale.response_words * 5 // 4)
+        n_r = rng.randint(scale.response_words * 3 // 4, scale.response_words * 5 // 4)
+        chosen = _sentence(rng, lexicon, n_c)
+        shared = chosen.split()[: rng.randint(0, n_r // 2)]
+        rejected = " ".join(shared + _sentence(rng, lexicon, n_r - len(shared)).split())
+        rows.append({"prompt": prompt, "chosen": " " + chosen, "rejected": " " + rejected})
+    return rows
+
+
+def build_assets(scale: Scale, root: Path, log=print) -> Path:
+    """Tokenizer, model and data for `scale` under root/scale.name (built once, reused by every run)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from alignscope.models.tiny import train_bpe_tokenizer
+
+    out = root / scale.name
+    if (out / "meta.json").exists():
+        return out
+    tmp = root / f".{scale.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    rows = synthetic_pairs(scale)
+    texts = [t for r in rows for t in (r["prompt"], r["chosen"], r["rejected"])]
+    tok = train_bpe_tokenizer(texts, vocab_size=scale.vocab_size, chat_template=False)
+    config = LlamaConfig(
+        vocab_size=scale.vocab_size, hidden_size=scale.hidden_size, intermediate_size=scale.intermediate_size,
+        num_hidden_layers=scale.num_layers, num_attention_heads=scale.num_heads, num_key_value_heads=scale.num_heads,
+        max_position_embeddings=2048, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(tmp / "model")
+    tok.save_pretrained(tmp / "model")
+    with open(tmp / "pairs.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    p = [len(tok(r["prompt"])["input_ids"]) for r in rows]
+    c = [len(tok(r["prompt"] + r["chosen"])["input_ids"]) - pp + 1 for r, pp in zip(rows, p)]  # + EOS
+    j = [len(tok(r["prompt"] + r["rejected"])["input_ids"]) - pp + 1 for r, pp in zip(rows, p)]
+    n_params = sum(x.numel() for x in model.parameters())
+    n_embed = model.get_input_embeddings().weight.numel()
+    meta = {
+        "scale": asdict(scale), "params": n_params, "params_no_embedding": n_params - n_embed,
+        "prompt_tokens": sum(p), "chosen_tokens": sum(c), "rejected_tokens": sum(j),
+        "mean_prompt_tokens": sum(p) / len(p), "mean_response_tokens": (sum(c) + sum(j)) / (2 * len(c)),
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    log(f"built {scale.name}: {n_params / 1e6:.2f}M parameters, prompts {meta['mean_prompt_tokens']:.1f} tokens, "
+        f"responses {meta['mean_response_tokens']:.1f} tokens")
+    return out
+
+
+def _load(assets: Path, kind: str = "causal"):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(assets / "model")
+    if kind == "seqcls":
+        model = AutoModelForSequenceClassification.from_pretrained(assets / "model", num_labels=1)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(assets / "model")
+    rows = [json.loads(line) for line in open(assets / "pairs.jsonl")]
+    return model, tok, rows[:PAIRS_LIMIT]
+
+
+class Timer:
+    """Wall-clock and process CPU seconds of a block. On a shared machine CPU seconds are the steadier figure."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.result = {"wall_s": time.perf_counter() - self.wall, "cpu_s": time.process_time() - self.cpu}
+
+
+def _pairs(rows):
+    from alignscope.data.records import PairExample
+
+    return [PairExample(r["prompt"], r["chosen"], r["rejected"]) for r in rows]
+
+
+# --- alignscope
+
+
+def alignscope_train(method: str, assets: Path, scale: Scale, work: Path) -> dict:
+    from alignscope.training.config import TrainConfig
+    from alignscope.training.loop import train
+
+    model, tok, rows = _load(assets)
+    cfg = TrainConfig(
+        method=method, model=str(assets / "model"), output_dir=str(work / "out"), ref_cache_dir=str(work / "ref"),
+        batch_size=scale.batch_size, lr=scale.lr, beta=scale.beta, epochs=1, max_length=2048, max_prompt_length=None,
+        logging_steps=10, progress=False, data="in-memory",
+    )
+    pairs = _pairs(rows)
+    with Timer() as t:
+        train(cfg, train_examples=pairs, model=model, tokenizer=tok, log=lambda *a, **k: None)
+    return t.result
+
+
+def alignscope_audit(assets: Path, scale: Scale, work: Path) -> dict:
+    from alignscope.diagnostics.data_audit import audit_pairs
+
+    model, tok, rows = _load(assets)
+    pairs = _pairs(rows)
+    with Timer() as t:
+        audit_pairs(model, tok, pairs, batch_size=16, max_length=None, max_prompt_length=None, progress=False)
+    return t.result
+
+
+def plain_forward(assets: Path, scale: Scale, work: Path) -> dict:
+    """The baseline the CHES audit is held to: model(**batch) over every prompt+response, batch 16, no grad."""
+    model, tok, rows = _load(assets)
+    texts = [r["prompt"] + resp + tok.eos_token for r in rows for resp in (r["chosen"], r["rejected"])]
+    model.eval()
+    with Timer() as t, torch.no_grad():
+        for s in range(0, len(texts), 16):
+            batch = tok(texts[s : s + 16], return_tensors="pt", padding=True)
+            model(**batch)
+    return t.result
+
+
+def _gen_prompts(rows, scale: Scale) -> list[str]:
+    return [r["prompt"] for r in rows[: scale.gen_prompts]]
+
+
+def alignscope_generate(assets: Path, scale: Scale, work: Path) -> dict:
+    from alignscope.rollout.generation import GenerationConfig, generate
+
+    model, tok, rows = _load(assets)
+    cfg = GenerationConfig(max_new_tokens=scale.gen_new_tokens, temperature=1.0, top_p=1.0, seed=0)
+    with Timer() as t:
+        out = generate(model, tok, _gen_prompts(rows, scale), cfg, batch_size=32)
+    return {**t.result, "gen_tokens": sum(len(r) for r in out.response_ids)}
+
+
+def hf_generate(assets: Path, scale: Scale, work: Path) -> dict:
+    """Plain Hugging Face sampling with the same settings: batch 32, left padding, KV cache."""
+    model, tok, rows = _load(assets)
+    tok.padding_side = "left"
+    prompts = _gen_prompts(rows, scale)
+    model.eval()
+    n_tokens = 0
+    torch.manual_seed(0)
+    with Timer() as t, torch.no_grad():
+        for s in range(0, len(prompts), 32):
+            batch = tok(prompts[s : s + 32], return_tensors="pt", padding=True)
+            out = model.generate(**batch, max_new_tokens=scale.gen_new_tokens, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, use_cache=True)
+            new = out[:, batch["input_ids"].shape[1] :]
+            for row in new.tolist():
+                n_tokens += row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
+    return {**t.result, "gen_tokens": n_tokens}
+
+
+# --- TRL
+
+
+def _trl_common(scale: Scale, work: Path) -> dict:
+    # What TRL needs on a CPU to be compared fairly: fp32, no gradient checkpointing, no reporting.
+    return dict(
+        output_dir=str(work / "out"), per_device_train_batch_size=scale.batch_size, learning_rate=scale.lr, num_train_epochs=1,
+        lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=10, save_strategy="no",
+        report_to="none", bf16=False, fp16=False, use_cpu=True, gradient_checkpointing=False, disable_tqdm=True, seed=0,
+        dataloader_num_workers=0,
+    )
+
+
+def trl_dpo(assets: Path, scale: Scale, work: Path, precompute: bool) -> dict:
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    model, tok, rows = _load(assets)
+    ref = None if precompute else _load(assets)[0]
+    args = DPOConfig(**_trl_common(scale, work), beta=scale.beta, max_length=2048, precompute_ref_log_probs=precompute,
+                     loss_type=["sigmoid"])
+    with Timer() as t:
+        trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+        trainer.train()
+        trainer.save_model(str(work / "final"))
+    return t.result
+
+
+def trl_reward(assets: Path, scale: Scale, work: Path) -> dict:
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    model, tok, rows = _load(assets, "seqcls")
+    model.config.pad_token_id = tok.pad_token_id
+    args = RewardConfig(**_trl_common(scale, work), max_length=2048)
+    data = Dataset.from_list(rows)
+    with Timer() as t:
+        trainer = RewardTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+        trainer.train()
+        trainer.save_model(str(work / "final"))
+    return t.result
+
+
+def trl_sft(assets: Path, scale: Scale, work: Path) -> dict:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    model, tok, rows = _load(assets)
+    data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows])
+    args = SFTConfig(**_trl_common(scale, work), max_length=2048, completion_only_loss=True, packing=False)
+    with Timer() as t:
+        trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+        trainer.train()
+        trainer.save_model(str(work / "final"))
+    return t.result
+
+
+JOBS = {
+    ("dpo", "alignscope"): lambda a, s, w: alignscope_train("dpo", a, s, w),
+    ("dpo", "trl"): lambda a, s, w: trl_dpo(a, s, w, precompute=False),
+    ("dpo_pre", "trl"): lambda a, s, w: trl_dpo(a, s, w, precompute=True),
+    ("rm", "alignscope"): lambda a, s, w: alignscope_train("rm", a, s, w),
+    ("rm", "trl"): trl_reward,
+    ("sft", "alignscope"): lambda a, s, w: alignscope_train("sft", a, s, w),
+    ("sft", "trl"): trl_sft,
+    ("ches", "alignscope"): alignscope_audit,
+    ("ches", "forward"): plain_forward,
+    ("gen", "alignscope"): alignscope_generate,
+    ("gen", "hf"): hf_generate,
+}
+
+
+def run_job(task: str, tool: str, scale_name: str, root: Path, pairs: int | None = None) -> dict:
+    """One measurement in this (fresh) process; returns wall time, CPU time, peak RSS and the work done."""
+    global PAIRS_LIMIT
+    PAIRS_LIMIT = pairs
+    torch.set_num_threads(THREADS)
+    scale = SCALES[scale_name]
+    assets = root / scale_name
+    work = Path(tempfile.mkdtemp(prefix=f"bench-{task}-{tool}-"))
+    os.environ["HF_DATASETS_CACHE"] = str(work / "hf_datasets")  # a fresh datasets cache per run
+    try:
+        res = JOBS[(task, tool)](assets, scale, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return res
+
+
+def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
+    """The machine's fp32 matmul throughput with THREADS threads: the MFU denominator."""
+    torch.set_num_threads(THREADS)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 * reps / best / 1e9

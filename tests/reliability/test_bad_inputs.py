@@ -1,0 +1,302 @@
+"""A corpus of bad inputs (issue #8). Each one, fed to the CLI, must give exit code 2, a message
+that names the problem, no Python traceback, and nothing left behind in the working folder (no
+output table, run folder, checkpoint or temp file).
+
+Most inputs are small files in `bad_inputs/`; those that are impractical to keep as files (invalid
+UTF-8 bytes, a 4 MB line, 100k nested brackets, a truncated gzip, broken model folders) are made
+by the `world` fixture. The CLI runs in-process for speed; `test_real_process_has_no_traceback`
+runs a few through a real `alignscope` process to prove the top level is clean too.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from alignscope.cli.main import main
+
+BAD = Path(__file__).parent / "bad_inputs"
+GOOD_PAIRS = [
+    {"prompt": f"Is the {thing} fine? ({i})", "chosen": "yes it is good", "rejected": "no it is bad"}
+    for i, thing in enumerate(["cat", "sky", "tree", "sea", "car", "sun", "book", "road"] * 2)
+]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    argv: str  # split on spaces after formatting: {bad} corpus folder, {w} generated inputs, {model} tiny model
+    expect: str  # must appear in the message
+
+
+def train(method: str, extra: str, model: str = "{model}") -> str:
+    return f"train {method} model={model} output_dir=run progress=false {extra}"
+
+
+DATA = [
+    Case("malformed JSON line", train("dpo", "data={bad}/malformed_json.jsonl"), "line 2: malformed JSON"),
+    Case("JSON array instead of object", train("dpo", "data={bad}/json_array_line.jsonl"), "is a JSON list, not an object"),
+    Case("trailing garbage after JSON", train("dpo", "data={bad}/trailing_garbage.jsonl"), "malformed JSON (Extra data"),
+    Case("wrong type: number as response", train("dpo", "data={bad}/wrong_type_chosen.jsonl"), "field 'chosen': expected text, got int"),
+    Case("wrong type: object as prompt", train("dpo", "data={bad}/wrong_type_prompt.jsonl"), "expected a list of chat messages, got dict"),
+    Case("wrong type: message content", train("dpo", "data={bad}/wrong_type_message_content.jsonl"), "message content is int"),
+    Case("empty string", train("dpo", "data={bad}/empty_chosen.jsonl"), "field 'chosen': is empty"),
+    Case("whitespace-only string", train("dpo", "data={bad}/whitespace_rejected.jsonl"), "is only whitespace"),
+    Case("missing column", train("dpo", "data={bad}/missing_rejected_column.jsonl"), "needs column(s) rejected"),
+    Case("missing field in one row", train("dpo", "data={bad}/missing_field_one_row.jsonl"), "line 3, field 'rejected': is missing"),
+    Case("null field", train("dpo", "data={bad}/null_field.jsonl"), "field 'rejected': is missing"),
+    Case("identical chosen and rejected", train("dpo", "data={bad}/identical_pair.jsonl"), "chosen is identical to rejected"),
+    Case("pair differing only in whitespace", train("dpo", "data={bad}/whitespace_only_difference.jsonl"), "differ only in whitespace"),
+    Case("lone UTF-16 surrogate escape", train("dpo", "data={bad}/lone_surrogate.jsonl"), "unpaired UTF-16 surrogate"),
+    Case("5000-digit number", train("dpo", "data={bad}/huge_number.jsonl"), "unreadable JSON"),
+    Case("NaN margin", train("dpo", "data={bad}/nan_margin.jsonl"), "field 'margin': is nan"),
+    Case("ranking lengths mismatch", train("rank", "data={bad}/ranked_length_mismatch.jsonl"), "has 2 values for 3 completions"),
+    Case("ranking of one completion", train("rank", "data={bad}/ranked_one_completion.jsonl"), "at least 2 completions"),
+    Case("tied ranks", train("rank", "data={bad}/ranked_tied_ranks.jsonl"), "ranks have ties"),
+    Case("scores not a list", train("rank", "data={bad}/ranked_scores_not_list.jsonl"), "expected a list of numbers, got str"),
+    Case("KTO label not boolean", train("kto", "data={bad}/kto_bad_label.jsonl"), "label must be boolean"),
+    Case("unknown chat role", train("dpo", "data={bad}/unknown_role.jsonl"), "unknown chat role 'wizard'"),
+    Case("message without content", train("dpo", "data={bad}/message_without_content.jsonl"), "malformed message: no content"),
+    Case("chat without assistant turn", train("sft", "data={bad}/sft_no_assistant_turn.jsonl"), "not an assistant message"),
+    Case("unknown columns", train("dpo", "data={bad}/unknown_columns.jsonl"), "--map prompt=question"),
+    Case("empty file", train("dpo", "data={bad}/empty.jsonl"), "the file is empty"),
+    Case("empty dataset (blank lines)", train("dpo", "data={bad}/blank_lines.jsonl"), "the dataset has no records"),
+    Case("JSON scalar", train("dpo", "data={bad}/json_scalar.json"), "expected a list of records, got a JSON int"),
+    Case("JSON list of strings", train("dpo", "data={bad}/json_list_of_strings.json"), "the record is a JSON str"),
+    Case("JSON object without records", train("dpo", "data={bad}/json_no_records_key.json"), "no list of records under 'train'"),
+    Case("empty CSV cell", train("dpo", "data={bad}/empty_cell.csv"), "field 'chosen': is empty"),
+    Case("corrupt Parquet", train("dpo", "data={bad}/corrupt.parquet"), "cannot read Parquet"),
+    Case("unknown file type", train("dpo", "data={bad}/data.txt"), "unknown file type '.txt'"),
+    Case("data file does not exist", train("dpo", "data={bad}/no_such_file.jsonl"), "the file does not exist"),
+    Case("folder that is not a dataset", train("dpo", "data={w}/plain_folder"), "not a dataset saved with save_to_disk"),
+    Case("invalid UTF-8 (JSONL)", train("dpo", "data={w}/latin1.jsonl"), "invalid UTF-8 (byte 0xe9"),
+    Case("invalid UTF-8 (CSV)", train("dpo", "data={w}/latin1.csv"), "line 2: invalid UTF-8"),
+    Case("4 MB line", train("dpo", "data={w}/huge_line.jsonl"), "line 2: malformed JSON"),
+    Case("100k nested brackets", train("dpo", "data={w}/deep.jsonl"), "unreadable JSON (maximum recursion depth"),
+    Case("truncated gzip", train("dpo", "data={w}/truncated.jsonl.gz"), "cannot decompress"),
+    Case("data of the wrong kind for the method", train("kto", "data={w}/pairs.jsonl"), "KTO needs unpaired"),
+]
+
+CONFIG = [
+    Case("mistyped config key (YAML)", train("dpo", "--config {bad}/typo_key.yaml data={w}/pairs.jsonl"), "unknown config key 'betta' (did you mean 'beta'?)"),
+    Case("mistyped nested key (YAML)", train("dpo", "--config {bad}/nested_typo.yaml data={w}/pairs.jsonl"), "unknown config key 'lora.rr' (did you mean 'r'?)"),
+    Case("mistyped key (override)", train("dpo", "data={w}/pairs.jsonl max_step=3"), "(did you mean 'max_steps'?)"),
+    Case("mistyped RL key", "train rl prompts={w}/prompts.jsonl reward=lab:gold sample_per_prompt=4", "(did you mean 'samples_per_prompt'?)"),
+    Case("mistyped loss type (YAML)", train("dpo", "--config {bad}/unknown_loss.yaml data={w}/pairs.jsonl"), "unknown loss type 'sigmoud' (did you mean 'sigmoid'?)"),
+    Case("mistyped choice", train("dpo", "data={w}/pairs.jsonl nan_policy=skp"), "(did you mean 'skip'?)"),
+    Case("mistyped format name", train("dpo", "data={w}/pairs.jsonl format=pairwize"), "unknown format 'pairwize' (did you mean 'pairwise'?)"),
+    Case("mistyped RL algorithm", "train rl prompts={w}/prompts.jsonl reward=lab:gold algorithm=grpp", "(did you mean 'grpo'?)"),
+    Case("YAML syntax error", train("dpo", "--config {bad}/bad_syntax.yaml data={w}/pairs.jsonl"), "is not valid YAML"),
+    Case("YAML list, not mapping", train("dpo", "--config {bad}/top_level_list.yaml data={w}/pairs.jsonl"), "must hold a mapping"),
+    Case("YAML python tag (unsafe)", train("dpo", "--config {bad}/python_tag.yaml data={w}/pairs.jsonl"), "could not determine a constructor"),
+    Case("YAML not UTF-8", train("dpo", "--config {w}/latin1.yaml data={w}/pairs.jsonl"), "is not UTF-8 text"),
+    Case("config is a folder", train("dpo", "--config {w}/plain_folder data={w}/pairs.jsonl"), "is not a file"),
+    Case("config file does not exist", train("dpo", "--config {w}/none.yaml data={w}/pairs.jsonl"), "does not exist"),
+    Case("wrong value type (YAML)", train("dpo", "--config {bad}/wrong_type.yaml data={w}/pairs.jsonl"), "'batch_size' must be an integer, got 'eight'"),
+    Case("zero batch size", train("dpo", "data={w}/pairs.jsonl batch_size=0"), "'batch_size' must be a positive integer, got 0"),
+    Case("negative batch size", train("dpo", "data={w}/pairs.jsonl batch_size=-4"), "'batch_size' must be a positive integer, got -4"),
+    Case("zero gradient accumulation", train("sft", "data={w}/pairs.jsonl grad_accum=0"), "'grad_accum' must be a positive integer"),
+    Case("negative learning rate", train("dpo", "data={w}/pairs.jsonl lr=-1e-5"), "'lr' must be positive"),
+    Case("non-numeric learning rate", train("dpo", "data={w}/pairs.jsonl lr=fast"), "'lr' must be a number, got 'fast'"),
+    Case("zero RL prompts per step", "train rl prompts={w}/prompts.jsonl reward=lab:gold prompts_per_step=0", "'prompts_per_step' must be a positive integer"),
+    Case("batch larger than the dataset", train("dpo", "data={w}/pairs.jsonl batch_size=64"), "fewer than one global batch"),
+    Case("no loss terms", train("dpo", "data={w}/pairs.jsonl loss=[]"), "no loss terms given"),
+    Case("no data given", train("dpo", ""), "no training data given"),
+    Case("override without =", train("dpo", "data={w}/pairs.jsonl lr"), "is not of the form key=value"),
+    Case("override with bad YAML", train("dpo", "data={w}/pairs.jsonl loss=[sigmoid,"), "the value is not valid YAML"),
+    Case("override with empty key", train("dpo", "data={w}/pairs.jsonl =3"), "has an empty key"),
+    Case("override of a sub-key of a value", train("dpo", "data={w}/pairs.jsonl lr=1 lr.x=2"), "already set to a value"),
+    Case("GRPO with one sample per prompt", "train rl prompts={w}/prompts.jsonl reward=lab:gold algorithm=grpo samples_per_prompt=1", "samples_per_prompt >= 2"),
+]
+
+MODEL = [
+    Case("model path does not exist", train("dpo", "data={w}/pairs.jsonl", model="{w}/no/such/model"), "does not exist"),
+    Case("reference model does not exist", train("dpo", "data={w}/pairs.jsonl ref_model=/no/such/ref"), "model path '/no/such/ref' does not exist"),
+    Case("model folder without weights", train("dpo", "data={w}/pairs.jsonl", model="{w}/no_weights"), "no file named model.safetensors"),
+    Case("model weights truncated", train("dpo", "data={w}/pairs.jsonl", model="{w}/corrupt_weights"), "corrupt or truncated"),
+    Case("empty model folder", train("dpo", "data={w}/pairs.jsonl", model="{w}/plain_folder"), "cannot load"),
+    Case("tokenizer without pad or EOS token", train("dpo", "data={w}/pairs.jsonl", model="{w}/no_eos"), "the tokenizer has no EOS token"),
+    Case("sequences longer than the model's positions", train("sft", "data={w}/pairs.jsonl", model="{w}/gpt2_8pos"), "longer than the model's 8 positions"),
+    Case("audit: sequences longer than the positions", "audit data --model {w}/gpt2_8pos --data {w}/pairs.jsonl --out ches.csv", "longer than the model's 8 positions"),
+    Case("output folder is a file", train("dpo", "data={w}/pairs.jsonl output_dir={w}/a_file"), "output_dir '{w}/a_file' is a file, not a folder"),
+    Case("RL output folder is a file", "train rl prompts={w}/prompts.jsonl reward=lab:gold output_dir={w}/a_file", "is a file, not a folder"),
+    Case("output path under a file", "audit data --model {model} --data {w}/pairs.jsonl --out {w}/a_file/ches.csv", "output folders must be folders"),
+    Case("reward module does not exist", "train rl prompts={w}/prompts.jsonl reward=no_such_module:fn model={model}", "cannot import 'no_such_module'"),
+    Case("reward file with a syntax error", "train rl prompts={w}/prompts.jsonl reward={w}/bad_reward.py:reward model={model}", "has a syntax error"),
+    Case("reward neither folder nor function", "train rl prompts={w}/prompts.jsonl reward=gibberish model={model}", "neither a folder nor module:function"),
+    Case("reward folder that is not a reward model", "train rl prompts={w}/prompts.jsonl reward={model} model={model}", "is not a reward model folder"),
+    Case("RL prompts: empty dataset", "train rl prompts={bad}/blank_lines.jsonl reward=lab:gold model={model}", "the dataset has no records"),
+]
+
+CLI = [
+    Case("unknown training method", "train dpx data=x.jsonl", "invalid choice: 'dpx'"),
+    Case("unknown option", "data inspect {w}/pairs.jsonl --bogus", "unrecognized arguments: --bogus"),
+    Case("inspect: zero limit", "data inspect {w}/pairs.jsonl --limit 0", "must be at least 1"),
+    Case("inspect: empty file", "data inspect {bad}/empty.jsonl", "the file is empty"),
+    Case("inspect: tokenizer does not exist", "data inspect {w}/pairs.jsonl --tokenizer /no/such/tokenizer", "does not exist"),
+    Case("audit: filter without a number", "audit data --model {model} --data {w}/pairs.jsonl --out ches.csv --filter drop:abc", "has no number"),
+    Case("audit: unknown filter kind", "audit data --model {model} --data {w}/pairs.jsonl --out ches.csv --filter dorp:0.1", "(did you mean 'drop'?)"),
+    Case("audit: filter fraction above 1", "audit data --model {model} --data {w}/pairs.jsonl --out ches.csv --filter drop:5", "needs a fraction in [0, 1]"),
+    Case("audit: --map without =", "audit data --model {model} --data {w}/pairs.jsonl --out ches.csv --map chosen", "is not NEW=OLD"),
+    Case("audit: --map of a missing column", "audit data --model {model} --data {w}/pairs.jsonl --out ches.csv --map chosen=answer", "the data has no column 'answer'"),
+    Case("audit: bad --on-error", "audit data --model {model} --data {w}/pairs.jsonl --on-error skp", "invalid choice: 'skp'"),
+    Case("report: run folder does not exist", "report {w}/no_such_run", "does not exist"),
+    Case("best-of-n: zero prompts", "bon --policy {model} --prompts {w}/prompts.jsonl --reward lab:gold --limit 0 --out best.jsonl", "nothing to sample"),
+    Case("best-of-n: zero samples", "bon --policy {model} --prompts {w}/prompts.jsonl --reward lab:gold --n 0 --out best.jsonl", "nothing to sample"),
+    Case("select-prompts: zero keep", "select-prompts --policy {model} --prompts {w}/prompts.jsonl --reward lab:gold --keep 0 --out sel.jsonl", "--keep must be positive"),
+    Case("compare-rm: pairs do not exist", "compare-rm --policy {model} --ref {model} --rm lab:gold --pairs {w}/none.jsonl", "the file does not exist"),
+    Case("demo: unknown size", "demo --size huge", "invalid choice: 'huge'"),
+]
+
+CASES = DATA + CONFIG + MODEL + CLI
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a busy shared CPU, two threads make tiny models many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _save_tiny(path: Path, tok, **kw) -> Path:
+    from alignscope.models.tiny import tiny_llama
+
+    tiny_llama(tok, hidden_size=16, num_layers=1, num_heads=2, seed=0, **kw).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, str]:
+    """Generated bad inputs and tiny local models (no network)."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from alignscope.models.tiny import train_bpe_tokenizer
+
+    w = tmp_path_factory.mktemp("world")
+    texts = [r[k] for r in GOOD_PAIRS for k in ("prompt", "chosen", "rejected")]
+    tok = train_bpe_tokenizer(texts, vocab_size=300)
+    model = _save_tiny(w / "model", tok)
+    (w / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in GOOD_PAIRS))
+    (w / "prompts.jsonl").write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in GOOD_PAIRS))
+    (w / "plain_folder").mkdir()
+    (w / "a_file").write_text("not a folder\n")
+    (w / "latin1.jsonl").write_bytes(b'{"prompt": "caf\xe9?", "chosen": "yes", "rejected": "no"}\n')
+    (w / "latin1.csv").write_bytes(b"prompt,chosen,rejected\nna\xefve?,yes,no\n")
+    (w / "latin1.yaml").write_bytes(b"beta: 0.1  # \xe9t\xe9\n")
+    good = json.dumps(GOOD_PAIRS[0])
+    (w / "huge_line.jsonl").write_text(good + "\n" + '{"prompt": "' + "x" * 4_000_000 + "\n")
+    (w / "deep.jsonl").write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    (w / "truncated.jsonl.gz").write_bytes(gzip.compress((w / "pairs.jsonl").read_bytes())[:40])
+    (w / "bad_reward.py").write_text("def reward(prompts, responses):\n    return [1.0] * len(responses)\n\ndef broken(:\n")
+    shutil.copytree(model, w / "no_weights")
+    (w / "no_weights" / "model.safetensors").unlink()
+    shutil.copytree(model, w / "corrupt_weights")
+    weights = (w / "corrupt_weights" / "model.safetensors").read_bytes()
+    (w / "corrupt_weights" / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    shutil.copytree(model, w / "no_eos")
+    cfg = json.loads((w / "no_eos" / "tokenizer_config.json").read_text())
+    cfg.pop("pad_token", None)
+    cfg.pop("eos_token", None)
+    (w / "no_eos" / "tokenizer_config.json").write_text(json.dumps(cfg))
+    gpt2 = GPT2Config(vocab_size=len(tok), n_positions=8, n_embd=16, n_layer=1, n_head=2,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    GPT2LMHeadModel(gpt2).save_pretrained(w / "gpt2_8pos")
+    AutoTokenizer.from_pretrained(model).save_pretrained(w / "gpt2_8pos")
+    return {"bad": str(BAD), "w": str(w), "model": str(model)}
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse errors
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out + err
+
+
+def files_under(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+def test_corpus_is_large_enough():
+    assert len(CASES) >= 40 and len({c.name for c in CASES}) == len(CASES)
+    files = {p.name for p in BAD.iterdir()}
+    used = {Path(part).name for c in CASES for part in c.argv.split() if "{bad}/" in part}
+    assert files <= used, f"corpus files no case uses: {sorted(files - used)}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input(case: Case, world, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # default outputs (runs/, rejects, --out) would land here
+    code, text = run_cli(case.argv.format(**world).split(), capsys)
+    assert code == 2, text[-2000:]
+    assert case.expect.format(**world) in text, text[-2000:]
+    assert "Traceback" not in text
+    assert len(text) < 20_000, "the message must not echo the bad input"
+    assert files_under(tmp_path) == [], "a failed command must leave nothing behind"
+    assert not [f for f in files_under(Path(world["w"])) if f.endswith(".tmp")]
+
+
+def test_every_row_rejected_names_its_rejects_file(world, tmp_path, monkeypatch, capsys):
+    """The one bad input that leaves a file: the complete rejects file, which the message names."""
+    monkeypatch.chdir(tmp_path)
+    code, text = run_cli(train("dpo", "data={bad}/identical_pair.jsonl on_error=skip").format(**world).split(), capsys)
+    assert code == 2 and "no valid records" in text and "Traceback" not in text
+    rejects = tmp_path / "run" / "rejects-identical_pair.jsonl.jsonl"
+    assert str(rejects.relative_to(tmp_path)) in text
+    assert [json.loads(line)["kind"] for line in rejects.read_text().splitlines()] == ["identical"]
+    assert files_under(tmp_path) == ["run", str(rejects.relative_to(tmp_path))]
+
+
+def test_handled_not_refused(world, tmp_path, monkeypatch, capsys):
+    """A tokenizer without a pad token pads with EOS, and sequences longer than max_length are
+    truncated and counted: both train, neither is an error."""
+    monkeypatch.chdir(tmp_path)
+    no_pad = Path(world["w"]) / "no_pad"
+    shutil.copytree(world["model"], no_pad, dirs_exist_ok=True)
+    cfg = json.loads((no_pad / "tokenizer_config.json").read_text())
+    cfg.pop("pad_token")
+    (no_pad / "tokenizer_config.json").write_text(json.dumps(cfg))
+    argv = train("sft", "data={w}/pairs.jsonl batch_size=4 max_steps=1 max_length=4 max_prompt_length=4", model=str(no_pad))
+    code, text = run_cli(argv.format(**world).split(), capsys)
+    assert code == 0, text[-2000:]
+    cut = re.search(r"(\d+) prompts truncated .* (\d+) responses truncated", text)
+    assert cut and int(cut[1]) > 0 and int(cut[2]) > 0, text[-2000:]
+    assert (tmp_path / "run" / "final" / "model.safetensors").exists()
+
+
+REAL_PROCESS = ["malformed JSON line", "output path under a file"]  # a user error, and a file-system error
+
+
+@pytest.mark.slow
+def test_real_process_has_no_traceback(world, tmp_path):
+    """The `alignscope` console script itself (not main() in this process) prints no traceback."""
+    script = Path(sys.executable).with_name("alignscope")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "alignscope.cli.main"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cases = [c for c in CASES if c.name in REAL_PROCESS]
+    procs = []
+    for i, case in enumerate(cases):  # started together: each spends most of its time importing
+        cwd = tmp_path / str(i)
+        cwd.mkdir()
+        procs.append((case, cwd, subprocess.Popen(cmd + case.argv.format(**world).split(), cwd=cwd, env=env,
+                                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+    for case, cwd, proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2, err[-2000:]
+        assert case.expect.format(**world) in err and "Traceback" not in out + err
+        assert "alignscope: error:" in err
+        assert files_under(cwd) == []
