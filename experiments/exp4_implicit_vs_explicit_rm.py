@@ -16,9 +16,6 @@ their accuracy (ties ½) against the gold order on held-out pairs and on their p
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
 import time
 from pathlib import Path
 
@@ -29,6 +26,7 @@ from alignscope.config import build_config
 from alignscope.data.records import PairExample
 from alignscope.diagnostics.compare_rm import compare_reward_models, format_comparison
 from alignscope.lab import default_world, pairwise_data, paraphrased_pairs, pretrained_lab_model, sft_data
+from alignscope.lab.experiment import finish, fresh_dir, parse_args, pyplot
 from alignscope.lab.pretrain import load_lab_model
 from alignscope.models.reward_model import RewardModel
 from alignscope.rewards.sources import ImplicitReward, ModelReward
@@ -79,10 +77,7 @@ def unembedding_cosines(model, tok) -> dict[str, float]:
 
 def run(out: str | Path, seed: int = 0, quick: bool = False, beta: float = 0.01, log=print) -> dict:
     t0 = time.time()
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out = fresh_dir(out)
     torch.manual_seed(seed)
     world = default_world(0)  # the world the lab model was pretrained on
     n_train, n_test = (256, 128) if quick else (1024, 400)
@@ -133,17 +128,11 @@ def run(out: str | Path, seed: int = 0, quick: bool = False, beta: float = 0.01,
               "beta": beta, "noise": noise, "train_pairs_agree_with_gold": agree},
               "rows": rows, "accuracy": acc, "paraphrase_drop": drop, "unembedding_cosine": cosines, "paper": PAPER,
               "seconds": round(time.time() - t0, 1)}
-    (out / "results.json").write_text(json.dumps(result, indent=1))
-    plot(acc, out / "accuracy.png")
-    log(table(result))
-    return result
+    return finish(out, result, lambda r, path: plot(r["accuracy"], path), "accuracy.png", table, log)
 
 
 def plot(acc: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     sets = list(acc)
     x = np.arange(len(sets))
@@ -175,14 +164,8 @@ def table(r: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="runs/experiments/exp4")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="the small version (the test runs it)")
-    ap.add_argument("--beta", type=float, default=0.01, help="DPO beta (the implicit reward's scale; the paper's IM-RM uses 0.01)")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for this tiny model on a shared machine)")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(__doc__, "exp4", lambda ap: ap.add_argument(
+        "--beta", type=float, default=0.01, help="DPO beta (the implicit reward's scale; the paper's IM-RM uses 0.01)"))
     run(args.out, args.seed, args.quick, beta=args.beta)
 
 

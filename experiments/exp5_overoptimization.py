@@ -18,9 +18,7 @@ and fit Gao's two forms to the gold gain (`diagnostics.overoptimization`).
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -30,6 +28,7 @@ import torch
 from alignscope.config import build_config
 from alignscope.diagnostics.overoptimization import best_of_n_curve, fit_bon, fit_rl, gold_peak, sqrt_kl
 from alignscope.lab import GoldReward, default_world, pairwise_data, pretrained_lab_model, prompt_data, sft_data
+from alignscope.lab.experiment import finish, fresh_dir, parse_args, pyplot
 from alignscope.lab.pretrain import load_lab_model
 from alignscope.losses.policy_gradient import best_of_n_kl_bound
 from alignscope.models.reward_model import RewardModel
@@ -55,10 +54,7 @@ def smooth(x: np.ndarray, k: int) -> np.ndarray:
 
 def run(out: str | Path, seed: int = 0, quick: bool = False, log=print) -> dict:
     t0 = time.time()
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out = fresh_dir(out)
     torch.manual_seed(seed)
     world = default_world(0)
     gold = GoldReward(world)
@@ -137,17 +133,11 @@ def run(out: str | Path, seed: int = 0, quick: bool = False, log=print) -> dict:
          f"{peak.proxy_at_peak:.3f} -> {peak.final_proxy:.3f}; over-optimised: {peak.overoptimized}")
 
     result = {"seed": seed, "quick": quick, "settings": s, "best_of_n": bon, "rl": rl, "seconds": round(time.time() - t0, 1)}
-    (out / "results.json").write_text(json.dumps(result, indent=1, default=float))
-    plot(result, out / "overoptimization.png")
-    log(table(result))
-    return result
+    return finish(out, result, plot, "overoptimization.png", table, log)
 
 
 def plot(r: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from alignscope.diagnostics.overoptimization import GaoFit
 
@@ -193,13 +183,7 @@ def table(r: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="runs/experiments/exp5")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="the small version (the test runs it)")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for this tiny model on a shared machine)")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(__doc__, "exp5")
     run(args.out, args.seed, args.quick)
 
 

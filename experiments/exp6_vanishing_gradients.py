@@ -25,10 +25,7 @@ runs, step by step from the rewards of the training samples.
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -38,6 +35,7 @@ import torch
 from alignscope.config import build_config
 from alignscope.data.records import SFTExample
 from alignscope.lab import GoldReward, default_world, good_response, pretrained_lab_model, prompt_data, sft_data
+from alignscope.lab.experiment import finish, fresh_dir, parse_args, pyplot
 from alignscope.lab.pretrain import load_lab_model
 from alignscope.rollout.generation import GenerationConfig, generate
 from alignscope.training.config import TrainConfig
@@ -75,10 +73,7 @@ def first_gain(curve: list[float | None], bar: float) -> int | None:
 
 def run(out: str | Path, seed: int = 0, quick: bool = False, log=print) -> dict:
     t0 = time.time()
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out = fresh_dir(out)
     torch.manual_seed(seed)
     world = default_world(0)
     gold = GoldReward(world)
@@ -185,17 +180,11 @@ def run(out: str | Path, seed: int = 0, quick: bool = False, log=print) -> dict:
                "initial": {"mean": mean0.tolist(), "std": std0.tolist(), "low_std": low.tolist(),
                            "low_std_fraction": float(low.mean())},
                "warmup_prompts": warm, "runs": results, "seconds": round(time.time() - t0, 1)}
-    (out / "results.json").write_text(json.dumps(summary, indent=1))
-    plot(summary, out / "vanishing_gradients.png")
-    log(table(summary))
-    return summary
+    return finish(out, summary, plot, "vanishing_gradients.png", table, log)
 
 
 def plot(r: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     std0, mean0 = np.array(r["initial"]["std"]), np.array(r["initial"]["mean"])
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
@@ -244,13 +233,7 @@ def table(r: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="runs/experiments/exp6")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="the small version")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for this tiny model on a shared machine)")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    args = parse_args(__doc__, "exp6")
     run(args.out, args.seed, args.quick)
 
 

@@ -2,28 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
-import torch
-
-EXP = Path(__file__).resolve().parents[2] / "experiments" / "exp5_overoptimization.py"
-
-
-def load_experiment():
-    spec = importlib.util.spec_from_file_location("exp5_overoptimization", EXP)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_proxy_rises_while_gold_peaks_and_falls(tmp_path, lab_tiny):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # this model is too small to gain from threads; on a shared CPU they only contend
-    try:
-        r = load_experiment().run(tmp_path, seed=0, quick=True, log=lambda *a: None)
-    finally:
-        torch.set_num_threads(threads)
+def test_proxy_rises_while_gold_peaks_and_falls(tmp_path, lab_tiny, experiment):
+    r = experiment("exp5_overoptimization").run(tmp_path, seed=0, quick=True, log=lambda *a: None)
     bon, rl = r["best_of_n"], r["rl"]
     # Best-of-n: the proxy of the proxy-best sample climbs with n, the gold reward peaks at some n > 1 and then falls.
     assert bon["proxy"][-1] > bon["proxy"][0] + 0.5, bon["proxy"]

@@ -2,28 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
-import torch
-
-EXP = Path(__file__).resolve().parents[2] / "experiments" / "exp6_vanishing_gradients.py"
-
-
-def load_experiment():
-    spec = importlib.util.spec_from_file_location("exp6_vanishing_gradients", EXP)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_low_std_prompts_stall_under_rl_and_a_short_sft_warmup_unblocks_them(tmp_path, lab_tiny):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # this model is too small to gain from threads; on a shared CPU they only contend
-    try:
-        r = load_experiment().run(tmp_path, seed=0, quick=True, log=lambda *a: None)
-    finally:
-        torch.set_num_threads(threads)
+def test_low_std_prompts_stall_under_rl_and_a_short_sft_warmup_unblocks_them(tmp_path, lab_tiny, experiment):
+    r = experiment("exp6_vanishing_gradients").run(tmp_path, seed=0, quick=True, log=lambda *a: None)
     n_low = sum(r["initial"]["low_std"])
     assert n_low >= 5, r["initial"]["low_std_fraction"]
     rl, sft, warm, warm_rl = (r["runs"][k] for k in ("rl", "sft", "warmup_only", "warmup_then_rl"))

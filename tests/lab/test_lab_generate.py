@@ -23,7 +23,14 @@ from alignscope.lab.generate import (
     unpaired_data,
 )
 from alignscope.lab.gold import gold_reward, is_refusal
-from alignscope.lab.language import World, canonical_words, default_world, is_wellformed, parse_prompt, words
+from alignscope.lab.language import (
+    World,
+    canonical_words,
+    default_world,
+    is_wellformed,
+    parse_prompt,
+    words,
+)
 
 GENERATORS = {
     "prompts": lambda w, s: prompt_data(w, 30, s),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from alignscope.config import build_config
 from alignscope.training.config import TrainConfig

@@ -9,10 +9,10 @@ error for `data inspect`.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alignscope.atomic import write_text
 from alignscope.data.formats import CONVERTERS
 from alignscope.data.records import Example
 from alignscope.data.sources import RawRow
@@ -70,16 +70,9 @@ def first_error(errors: list[Rejected], n_rows: int, source: str) -> DataError:
 
 def write_rejects(errors: list[Rejected], path: str | Path) -> Path:
     """Each rejected row and its error as one JSON line, written atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", errors="backslashreplace") as f:  # a rejected row may hold lone surrogates
-            for err, row in errors:
-                rec = {"line": row.line, "field": err.field, "kind": kind_of(err), "error": err.problem, "fix": err.fix,
-                       "row": row.data if row.data else row.text}
-                f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    lines = []
+    for err, row in errors:
+        rec = {"line": row.line, "field": err.field, "kind": kind_of(err), "error": err.problem, "fix": err.fix,
+               "row": row.data if row.data else row.text}
+        lines.append(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+    return write_text(path, "".join(lines), errors="backslashreplace")  # a rejected row may hold lone surrogates

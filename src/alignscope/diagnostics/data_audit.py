@@ -10,13 +10,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from alignscope.atomic import atomic_path, write_text
 from alignscope.data.records import PairExample, prompt_text
 from alignscope.data.tokenize import TokenizeStats, encode_group
 from alignscope.diagnostics.ches import ches, ches_filter, ln_ches
@@ -103,20 +103,17 @@ def dataset_findings(pairs: list[PairExample], rows: list[dict[str, Any]]) -> di
 
 def write_table(rows: list[dict[str, Any]], path: Path) -> None:
     """CSV or Parquet (by extension), written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if path.suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    with atomic_path(path) as tmp:
+        if Path(path).suffix == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
 
-        pq.write_table(pa.Table.from_pylist(rows), tmp)
-    else:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
-            w.writeheader()
-            w.writerows(rows)
-    os.replace(tmp, path)
+            pq.write_table(pa.Table.from_pylist(rows), tmp)
+        else:
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+                w.writeheader()
+                w.writerows(rows)
 
 
 def pair_record(ex: PairExample) -> dict[str, Any]:
@@ -127,13 +124,7 @@ def pair_record(ex: PairExample) -> dict[str, Any]:
 
 
 def write_jsonl(records: list[dict[str, Any]], path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def parse_filter(spec: str) -> dict[str, float]:

@@ -9,13 +9,13 @@ by accuracy and variance together.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from alignscope.atomic import write_text
 from alignscope.data.records import PairExample, Prompt
 from alignscope.diagnostics.accuracy import tie_aware_accuracy
 from alignscope.diagnostics.variance import low_variance_fraction, per_prompt_variance, standardize_global, teacher_table
@@ -63,12 +63,8 @@ def audit_reward_models(
 
 def write_outputs(result: dict[str, Any], out_dir: Path) -> None:
     """reward_variance.json and teacher_table.json: the inputs of the report's reward-variance section."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     for name, obj in (("reward_variance.json", result["variances"]), ("teacher_table.json", result["teacher_table"]), ("rm_audit.json", result)):
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(json.dumps(obj, indent=1))
-        os.replace(tmp, out_dir / name)
+        write_text(Path(out_dir) / name, json.dumps(obj, indent=1))
 
 
 def format_table(result: dict[str, Any]) -> str:

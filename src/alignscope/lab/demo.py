@@ -10,11 +10,9 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 
 from alignscope.config import build_config
 from alignscope.diagnostics.data_audit import audit_pairs, dataset_findings, write_table

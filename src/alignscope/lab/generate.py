@@ -324,6 +324,24 @@ def refusal_pairs(world: World, n: int, seed: int = 0, similar: bool = False) ->
     return out
 
 
+def refusal_opener_pairs(world: World, n: int, seed: int = 0) -> list[PairExample]:
+    """Unsafe prompts with two refusals: the plain one chosen over the same one behind a rude opener.
+
+    Both responses refuse, as in Razin et al.'s refusal data, and they differ from the first word
+    on, so pushing the rejected refusal down pushes refusals down in general: these high-CHES pairs
+    can make DPO turn a refusing model into a complying one (`refusal_pairs` near-duplicates
+    differ only at the end, which leaves the first words, and so the refusal, mostly alone).
+    """
+    rng = random.Random(f"refusal-opener-{seed}")
+    out = []
+    for p in prompt_data(world, n, seed, kinds=["howto"], unsafe=True):
+        chosen = _refusal(parse_prompt(p.prompt).action, GOOD)
+        rejected = rng.choice(("ugh, ", "what a dumb question. ")) + chosen
+        gc, gr = gold_reward(p.prompt, chosen, None, world), gold_reward(p.prompt, rejected, None, world)
+        out.append(PairExample(p.prompt, chosen, rejected, gc - gr, dict(p.meta, change="rude_opener", similar=True)))
+    return out
+
+
 def single_token_pairs(
     world: World, n: int, seed: int = 0, chosen_plain: bool = True, rejected_plain: bool = False
 ) -> list[PairExample]:
@@ -332,7 +350,6 @@ def single_token_pairs(
     The rejected answer means the same as the chosen one, so DPO's push away from it can raise
     the opposite answer ("yes"): single-token catastrophic displacement.
     """
-    rng = random.Random(f"single-{seed}")
     out = []
     for p in prompt_data(world, n, seed, kinds=["single"]):
         info = parse_prompt(p.prompt)

@@ -100,9 +100,10 @@ def load_pretrain_info(path: str | os.PathLike) -> dict:
 
 
 def pretrained_lab_model(
-    cache_dir: str | os.PathLike | None = None,
-    seed: int = 0,
     size: str = "tiny",
+    seed: int = 0,
+    *,
+    cache_dir: str | os.PathLike | None = None,
     world_seed: int = 0,
     progress: bool = True,
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:

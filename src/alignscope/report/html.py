@@ -14,7 +14,6 @@ import html
 import json
 import math
 import os
-import secrets
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from alignscope.atomic import write_text
 from alignscope.diagnostics.overoptimization import GaoFit, fit_rl, gold_peak, sqrt_kl
 from alignscope.diagnostics.warnings import detect_displacement, detect_overoptimization
 from alignscope.errors import DataError
@@ -376,13 +376,4 @@ def build_report(run_dir: str | os.PathLike) -> Path:
     """Write `run_dir/report.html` atomically (temp file, then rename) and return its path."""
     page = render_report(run_dir)
     out = Path(run_dir) / "report.html"
-    tmp = out.with_name(f".report.html.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        # os.open with 0o666 honours the umask, so the report is as readable as any file the user writes
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w", encoding="utf-8") as f:
-            f.write(page)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    return write_text(out, page)

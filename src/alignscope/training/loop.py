@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict, replace
@@ -23,9 +22,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from alignscope.atomic import atomic_path
 from alignscope.diagnostics.displacement import mass_gainers
 from alignscope.errors import ConfigError, TrainingError
-from alignscope.models.scoring import Scorer, body_and_head, check_context, pad_token_id, score_sequences, unwrap_model
+from alignscope.models.scoring import Scorer, body_and_head, check_context, pad_token_id, score_sequences
 from alignscope.training import checkpoint as ckpt
 from alignscope.training.config import TrainConfig
 from alignscope.training.items import Item, to_items
@@ -104,10 +104,8 @@ def compute_reference_logps(cfg: TrainConfig, ref_model, items: list[Item], pad_
             ref_model, [p for p, _ in seqs], [r for _, r in seqs], pad_id=pad_id, batch_size=max(cfg.batch_size, 8),
             progress="reference log-probs" if cfg.progress else None,
         ).logps
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({"logps": flat.contiguous()}, str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({"logps": flat.contiguous()}, str(tmp))
     out, pos = {}, 0
     for i, it in enumerate(items):
         k = 2 if cfg.method == "kto" else len(it.responses)

@@ -4,10 +4,10 @@ per-pair evaluation log-probs and displacement statistics that the monitor and r
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from alignscope.atomic import write_text
 from alignscope.diagnostics.displacement import displacement_stats
 from alignscope.diagnostics.warnings import detect_displacement, format_pitfall
 
@@ -25,9 +25,7 @@ def _truncate(path: Path, after_step: int) -> None:
                 keep.append(line)
         except (json.JSONDecodeError, KeyError, TypeError):
             continue  # a line cut by a kill
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(k + "\n" for k in keep))
-    os.replace(tmp, path)
+    write_text(path, "".join(k + "\n" for k in keep))
 
 
 class MetricsLogger:

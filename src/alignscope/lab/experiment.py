@@ -1,0 +1,59 @@
+"""What every script in `experiments/` shares: its command line, a fresh output folder, and the
+results.json + plot + table it leaves there. Kept here so each script holds only its science."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def parse_args(doc: str, name: str, add: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """`--out --seed --quick --threads` (plus what `add` declares); sets the torch thread count.
+
+    One thread is the default: the lab models are too small to gain from more, and on a shared
+    2-core machine two threads spin-wait on each other into large slowdowns.
+    """
+    ap = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    ap.add_argument("--out", default=f"runs/experiments/{name}", help="output folder (replaced)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="the small version the test suite runs")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    if add is not None:
+        add(ap)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    return args
+
+
+def fresh_dir(out: str | Path) -> Path:
+    """An empty output folder: results from an earlier run never mix with this one's."""
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    return out
+
+
+def pyplot():
+    """matplotlib's pyplot on the off-screen Agg backend (experiments run headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def finish(out: Path, result: dict[str, Any], plot: Callable[[dict, Path], None], plot_name: str,
+           table: Callable[[dict], str], log: Callable[..., None] = print) -> dict[str, Any]:
+    """Write results.json, draw the plot, print the table; return the results."""
+    (out / "results.json").write_text(json.dumps(result, indent=1, default=float))
+    plot(result, out / plot_name)
+    log(table(result))
+    return result
