@@ -23,9 +23,7 @@ Run: .venv/bin/python experiments/exp2_teachers.py --out runs/experiments/exp2 -
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
-import random
 import shutil
 import time
 from pathlib import Path
@@ -38,8 +36,8 @@ from alignscope.diagnostics.rm_audit import audit_reward_models, format_table
 from alignscope.diagnostics.variance import per_prompt_variance
 from alignscope.lab.experiment import parse_args, pyplot
 from alignscope.lab.generate import pairwise_data, prompt_data, sft_data
-from alignscope.lab.gold import GoldReward
-from alignscope.lab.language import default_world, prompt_content
+from alignscope.lab.gold import GoldReward, NoisyGold, ScaledGold
+from alignscope.lab.language import default_world
 from alignscope.lab.pretrain import pretrained_lab_model
 from alignscope.models.reward_model import RewardModel
 from alignscope.rewards.sources import ModelReward
@@ -58,39 +56,6 @@ def quiet(*_a, **_k) -> None:
 def train_cfg(method: str, out: Path, **kw) -> TrainConfig:
     return build_config(TrainConfig, {"method": method, "data": "<memory>", "output_dir": str(out), "max_length": 96,
                                       "max_prompt_length": 48, "progress": False, **kw})
-
-
-def _in_subset(prompt, fraction: float) -> bool:
-    """A fixed pseudo-random `fraction` of the prompts (by a hash of the text)."""
-    h = int(hashlib.sha256(prompt_content(prompt).encode()).hexdigest()[:8], 16)
-    return h % 1000 < fraction * 1000
-
-
-class ScaledGold:
-    """The gold reward scaled by `scale` on a fixed `fraction` of the prompts: it orders every pair
-    exactly as gold does (accuracy 1) but has almost no variance on those prompts."""
-
-    def __init__(self, gold, fraction: float, scale: float = 0.001):
-        self.gold, self.fraction, self.scale = gold, fraction, scale
-
-    def __call__(self, prompts, responses):
-        r = self.gold(prompts, responses)
-        return [v * (self.scale if _in_subset(p, self.fraction) else 1.0) for p, v in zip(prompts, r)]
-
-
-class NoisyGold:
-    """Gold plus a fixed Gaussian perturbation per (prompt, response): a deterministic, less accurate RM."""
-
-    def __init__(self, gold, sigma: float):
-        self.gold, self.sigma = gold, sigma
-
-    def __call__(self, prompts, responses):
-        r = self.gold(prompts, responses)
-        out = []
-        for p, y, v in zip(prompts, responses, r):
-            seed = int(hashlib.sha256((prompt_content(p) + "\x00" + y).encode()).hexdigest()[:12], 16)
-            out.append(v + self.sigma * random.Random(seed).gauss(0.0, 1.0))
-        return out
 
 
 def sample(policy, tok, prompts, n: int, seed: int):

@@ -83,6 +83,16 @@ def test_on_policy_accuracy_perfect_and_reversed():
     assert np.isnan(on_policy_accuracy([[1, 2]], [[3, 3]]))
 
 
+def test_teacher_flat_on_most_prompts_is_called_slow_even_with_a_large_mean_variance():
+    # Gold scaled by 1e-3 on 9 of 10 prompts: global standardisation blows up the 10th prompt's variance,
+    # so the mean looks high; the verdict must follow the 90% of prompts where the objective is flat.
+    gold = np.random.default_rng(4).normal(size=(10, 8))
+    scaled = gold * np.where(np.arange(10) < 9, 1e-3, 1.0)[:, None]
+    (row,) = teacher_table({"scaled": (scaled, 1.0)}, gold=gold)
+    assert row.mean_variance > 0.5 and row.low_variance_fraction == 0.9
+    assert row.reason == f"accurate (1.00) but low reward variance on 90% of prompts (mean {row.mean_variance:.2f}): slow teacher under this policy"
+
+
 def test_teacher_table_prefers_variance_over_accuracy_alone():
     rng = np.random.default_rng(3)
     gold = rng.normal(size=(50, 8))

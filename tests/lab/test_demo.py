@@ -15,6 +15,8 @@ def test_quick_demo(tmp_path, lab_tiny):
     assert json.loads((tmp_path / "demo" / "summary.json").read_text())["audit"]["pairs"] == s["audit"]["pairs"]
     # CHES flags the near-duplicate rejections: the pairs that drive displacement.
     assert s["audit"]["flagged_share_near_duplicates"] >= 0.8
-    # The perfectly accurate RM with low reward variance is the slower teacher of the gold reward.
+    # DPO on all refusal pairs unlearns refusals; on the CHES-filtered pairs it keeps more of them.
+    assert s["dpo_filtered"]["refusal_rate"] > s["dpo_all"]["refusal_rate"] + 0.2, (s["dpo_all"], s["dpo_filtered"])
+    # The perfectly accurate RM with low reward variance is a slower teacher of the gold reward than a noisier one.
     rl = s["rl"]
-    assert rl["accurate_low_variance"]["gold_gain"] < rl["learned_rm"]["gold_gain"], rl
+    assert rl["accurate_low_variance"]["gold_gain"] < rl["noisy_gold"]["gold_gain"], rl

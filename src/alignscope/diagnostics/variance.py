@@ -68,13 +68,21 @@ class TeacherRow:
         return asdict(self)
 
 
-def _reason(var: float, acc: float | None, low: float, accurate: float) -> str:
-    if acc is None:
-        return f"reward variance {var:.2f}, accuracy not measured: ranked by variance alone"
+def _reason(var: float, low_frac: float, acc: float | None, low: float, accurate: float) -> str:
+    # Flat on most prompts counts as low variance even when a few prompts carry a large mean: global
+    # standardisation of an RM scaled down on 90% of prompts gives those few a huge variance.
     if var < low:
+        flat = f"low reward variance ({var:.2f})"
+    elif low_frac >= 0.5:
+        flat = f"low reward variance on {low_frac:.0%} of prompts (mean {var:.2f})"
+    else:
+        flat = None
+    if acc is None:
+        return f"{flat or f'reward variance {var:.2f}'}, accuracy not measured: ranked by variance alone"
+    if flat:
         if acc >= accurate:
-            return f"accurate ({acc:.2f}) but low reward variance ({var:.2f}): slow teacher under this policy"
-        return f"low reward variance ({var:.2f}) and inaccurate ({acc:.2f}): poor teacher under this policy"
+            return f"accurate ({acc:.2f}) but {flat}: slow teacher under this policy"
+        return f"{flat} and inaccurate ({acc:.2f}): poor teacher under this policy"
     if acc >= accurate:
         return f"accurate ({acc:.2f}) with high reward variance ({var:.2f}): fast teacher toward the gold reward"
     return f"high reward variance ({var:.2f}) but inaccurate ({acc:.2f}): fast, but may raise the proxy more than the gold reward"
@@ -107,13 +115,14 @@ def teacher_table(
         # so an RM that is flat on half the prompts is not rescued by large variance on the rest.
         speed = float(np.mean(np.cbrt(np.maximum(var, 0.0))))
         score = (2.0 * (1.0 if acc is None else acc) - 1.0) * speed
+        low_frac = low_variance_fraction(var, threshold)
         rows.append(TeacherRow(
             name=name,
             mean_variance=mean_var,
-            low_variance_fraction=low_variance_fraction(var, threshold),
+            low_variance_fraction=low_frac,
             offpolicy_accuracy=None if offpolicy is None else float(offpolicy),
             onpolicy_accuracy=onpolicy,
             score=float(score),
-            reason=_reason(mean_var, acc, threshold, accurate),
+            reason=_reason(mean_var, low_frac, acc, threshold, accurate),
         ))
     return sorted(rows, key=lambda r: (-r.score, r.name))

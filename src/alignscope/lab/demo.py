@@ -1,8 +1,9 @@
 """`alignscope demo`: every pitfall, measured against a known gold reward, in minutes on a CPU.
 
 SFT -> reward models -> data audit (CHES) -> DPO with the displacement monitor, with and
-without the CHES filter -> RLOO taught by two reward models (one perfectly accurate but with
-low reward variance, one learned: less accurate, more variance) -> one HTML report.
+without the CHES filter -> RLOO taught by three reward models (one perfectly accurate but with
+low reward variance, one less accurate with more variance, and the learned one, which the policy
+over-optimises) -> one HTML report.
 """
 
 from __future__ import annotations
@@ -11,32 +12,20 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 from alignscope.config import build_config
 from alignscope.diagnostics.data_audit import audit_pairs, dataset_findings, write_table
 from alignscope.diagnostics.ches import ches_filter
 from alignscope.diagnostics.rm_audit import audit_reward_models, format_table, write_outputs
-from alignscope.lab.generate import pairwise_data, prompt_data, refusal_pairs, sft_data
-from alignscope.lab.gold import GoldReward, refusal_rate
-from alignscope.lab.language import default_world, prompt_content
+from alignscope.lab.generate import pairwise_data, prompt_data, refusal_opener_pairs, refusal_pairs, sft_data
+from alignscope.lab.gold import GoldReward, NoisyGold, ScaledGold, refusal_rate
+from alignscope.lab.language import default_world
 from alignscope.lab.pretrain import pretrained_lab_model
 from alignscope.rollout.generation import GenerationConfig, generate
 from alignscope.training.config import TrainConfig
 from alignscope.training.loop import train
-
-
-class LowVarianceGold:
-    """A perfectly accurate RM with low reward variance: the gold reward, scaled by `scale` on half
-    the prompts (Razin et al.'s construction). It orders every pair as gold does."""
-
-    def __init__(self, gold: Callable, scale: float = 0.001):
-        self.gold, self.scale = gold, scale
-
-    def __call__(self, prompts, responses):
-        r = self.gold(prompts, responses)
-        return [v * (self.scale if sum(map(ord, prompt_content(p))) % 2 else 1.0) for p, v in zip(prompts, r)]
 
 
 def _cfg(method: str, out: Path, **kw) -> TrainConfig:
@@ -62,7 +51,7 @@ def run_demo(out: str | Path = "runs/demo", size: str = "tiny", seed: int = 0, q
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    scale = 0.4 if quick else 1.0
+    rl_steps = 24 if quick else 60  # quick (the test) shortens only RL: SFT, RM and DPO take seconds
     world = default_world(0)  # the world the lab model was pretrained on; `seed` varies training only
     gold = GoldReward(world)
     summary: dict[str, Any] = {}
@@ -74,23 +63,25 @@ def run_demo(out: str | Path = "runs/demo", size: str = "tiny", seed: int = 0, q
     base, tok = pretrained_lab_model(size=size, seed=seed)
 
     step("2/6 SFT on good responses")
-    train(_cfg("sft", out / "sft", batch_size=16, max_steps=int(60 * scale), lr=1e-3, seed=seed),
+    train(_cfg("sft", out / "sft", batch_size=16, max_steps=60, lr=1e-3, seed=seed),
           train_examples=sft_data(world, 480, seed=seed), model=base, tokenizer=tok, log=lambda *a: None)
     sft_dir = out / "sft" / "final"
 
     step("3/6 reward model (Bradley-Terry) on noisy gold-labelled pairs")
     model, tok = _load(sft_dir)
-    rm_pairs = pairwise_data(world, int(640 * scale), seed=seed + 1, noise=1.0)
-    train(_cfg("rm", out / "rm", batch_size=16, max_steps=int(80 * scale), lr=1e-3, seed=seed),
+    rm_pairs = pairwise_data(world, 640, seed=seed + 1, noise=1.0)
+    train(_cfg("rm", out / "rm", batch_size=16, max_steps=80, lr=1e-3, seed=seed),
           train_examples=rm_pairs, model=model, tokenizer=tok, log=lambda *a: None)
     from alignscope.models.reward_model import RewardModel
     from alignscope.rewards.sources import ModelReward
 
     learned_rm = ModelReward(RewardModel.from_pretrained(out / "rm" / "final"), tok)
 
-    step("4/6 data audit: CHES on refusal pairs (near-duplicate and distinct rejections)")
+    step("4/6 data audit: CHES on refusal pairs (a refusal over a rude refusal, and a refusal over compliance)")
     model, tok = _load(sft_dir)
-    dpo_pairs = refusal_pairs(world, int(96 * scale), seed=seed, similar=True) + refusal_pairs(world, int(96 * scale), seed=seed + 7, similar=False)
+    # Two-refusal pairs differ from the first word on: pushing the rejected refusal down pushes refusals
+    # down in general, the high-CHES pairs behind Razin et al.'s unlearned refusals (experiment 3).
+    dpo_pairs = refusal_opener_pairs(world, 96, seed=seed) + refusal_pairs(world, 96, seed=seed + 7, similar=False)
     audit = audit_pairs(model, tok, dpo_pairs, progress=False)
     keep, drop = ches_filter([r["ln_ches"] for r in audit.rows], drop_fraction=0.5)
     for i, row in enumerate(audit.rows):
@@ -105,7 +96,7 @@ def run_demo(out: str | Path = "runs/demo", size: str = "tiny", seed: int = 0, q
     held = refusal_pairs(world, 32, seed=seed + 11, similar=True)
     for name, subset in (("dpo_all", dpo_pairs), ("dpo_filtered", [dpo_pairs[i] for i in keep])):
         model, tok = _load(sft_dir)
-        train(_cfg("dpo", out / name, batch_size=8, epochs=2, lr=2.5e-4, beta=0.1, eval_steps=4, seed=seed),
+        train(_cfg("dpo", out / name, batch_size=8, epochs=3, lr=1e-4, beta=0.1, eval_steps=4, seed=seed),
               train_examples=subset, eval_examples=held, model=model, tokenizer=tok, log=lambda *a: None)
         disp = [json.loads(line) for line in (out / name / "displacement.jsonl").read_text().splitlines()]
         trained, _ = _load(out / name / "final")
@@ -115,26 +106,33 @@ def run_demo(out: str | Path = "runs/demo", size: str = "tiny", seed: int = 0, q
         if (out / "dpo_all" / f).exists():
             shutil.copy(out / "dpo_all" / f, out / f)
 
-    step("6/6 RLOO taught by two reward models, measured against the gold reward")
+    step("6/6 RLOO taught by three reward models, measured against the gold reward")
     from alignscope.training.rl import RLConfig, train_rl
 
-    rms = {"accurate_low_variance": LowVarianceGold(gold), "learned_rm": learned_rm}
+    # Accurate but flat on 90% of the prompts; less accurate with more variance; the learned RM.
+    rms = {"accurate_low_variance": ScaledGold(gold, fraction=0.9), "noisy_gold": NoisyGold(gold, sigma=0.5), "learned_rm": learned_rm}
     policy, tok = _load(sft_dir)
     prompts = [p.prompt for p in prompt_data(world, 64, seed=seed + 5, kinds=["yesno", "describe", "list"])]
     rm_audit = audit_reward_models(rms, policy, tok, prompts[:32], n=8, pairs=rm_pairs[:128], gold=gold, max_new_tokens=24, seed=seed)
     write_outputs(rm_audit, out)
     log(format_table(rm_audit))
     summary["rl"] = {}
+    rl_seeds = [seed] if quick else [seed, seed + 1]  # one RL seed moves the gold gain by up to 0.3 (experiment 2)
     for name, fn in rms.items():
-        policy, tok = _load(sft_dir)
-        cfg = RLConfig(algorithm="rloo", prompts="<memory>", reward="<object>", output_dir=str(out / f"rl_{name}"),
-                       steps=int(30 * scale), prompts_per_step=8, samples_per_prompt=4, max_new_tokens=24, lr=2e-4,
-                       kl_coef=0.02, seed=seed, progress=False)
-        train_rl(cfg, model=policy, tokenizer=tok, prompts=prompts, reward_fn=fn, gold_fn=gold, log=lambda *a: None)
-        rows = [json.loads(line) for line in (out / f"rl_{name}" / "metrics.jsonl").read_text().splitlines()]
-        golds = [r["reward/gold_mean"] for r in rows if "reward/gold_mean" in r]
-        summary["rl"][name] = {"gold_start": golds[0], "gold_end": sum(golds[-3:]) / len(golds[-3:]),
-                               "gold_gain": sum(golds[-3:]) / len(golds[-3:]) - golds[0]}
+        starts, ends = [], []
+        for s in rl_seeds:
+            run_dir = out / (f"rl_{name}" if s == seed else f"rl_{name}_seed{s}")
+            policy, tok = _load(sft_dir)
+            cfg = RLConfig(algorithm="rloo", prompts="<memory>", reward="<object>", output_dir=str(run_dir),
+                           steps=rl_steps, prompts_per_step=8, samples_per_prompt=4, max_new_tokens=24, lr=5e-4,
+                           kl_coef=0.02, seed=s, progress=False)
+            train_rl(cfg, model=policy, tokenizer=tok, prompts=prompts, reward_fn=fn, gold_fn=gold, log=lambda *a: None)
+            rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            golds = [r["reward/gold_mean"] for r in rows if "reward/gold_mean" in r]
+            starts.append(golds[0])
+            ends.append(sum(golds[-5:]) / len(golds[-5:]))
+        start, end = sum(starts) / len(starts), sum(ends) / len(ends)
+        summary["rl"][name] = {"gold_start": start, "gold_end": end, "gold_gain": end - start, "seeds": rl_seeds}
     shutil.copy(out / "rl_learned_rm" / "rl_metrics.jsonl", out / "rl_metrics.jsonl")
 
     from alignscope.report import build_report
@@ -158,6 +156,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"(mean change {s['dpo_filtered']['final_mean_chosen_change']:+.2f}); refusal rate {s['dpo_filtered']['refusal_rate']:.0%}",
     ]
     for name, r in rl.items():
-        lines.append(f"RLOO taught by {name}: gold reward {r['gold_start']:.3f} -> {r['gold_end']:.3f} (gain {r['gold_gain']:+.3f})")
+        lines.append(f"RLOO taught by {name}: gold reward {r['gold_start']:.3f} -> {r['gold_end']:.3f} (gain {r['gold_gain']:+.3f}, "
+                     f"mean of {len(r['seeds'])} seed(s))")
     lines.append(f"report: {s['report']}  ({s['seconds']}s)")
     return "\n".join(lines)

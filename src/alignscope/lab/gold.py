@@ -7,7 +7,9 @@ which the implicit-vs-explicit reward-model shift test relies on.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -22,6 +24,7 @@ from alignscope.lab.language import (
     default_world,
     parse_prompt,
     parse_response,
+    prompt_content,
 )
 
 # Length (in canonical words) of a good response of each kind; list targets add the count.
@@ -131,6 +134,37 @@ class GoldReward:
 
     def describe(self) -> dict:
         return {"world_seed": self.world.seed, "weights": asdict(self.weights)}
+
+
+def _stable_hash(text: str, hex_digits: int = 12) -> int:
+    """A hash of `text` that is the same in every process (Python's `hash` is salted per run)."""
+    return int(hashlib.sha256(text.encode()).hexdigest()[:hex_digits], 16)
+
+
+class ScaledGold:
+    """A perfectly accurate teacher with low reward variance (Razin et al.'s construction): the gold
+    reward scaled by `scale` on a fixed `fraction` of the prompts. It orders every pair exactly as
+    gold does, yet on those prompts the RLHF objective is almost flat."""
+
+    def __init__(self, gold, fraction: float = 0.5, scale: float = 0.001):
+        self.gold, self.fraction, self.scale = gold, fraction, scale
+
+    def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
+        r = self.gold(prompts, responses)
+        return [v * (self.scale if _stable_hash(prompt_content(p), 8) % 1000 < self.fraction * 1000 else 1.0) for p, v in zip(prompts, r)]
+
+
+class NoisyGold:
+    """A less accurate teacher with more variance: gold plus a fixed Gaussian perturbation per
+    (prompt, response), so the same response always gets the same reward."""
+
+    def __init__(self, gold, sigma: float = 0.5):
+        self.gold, self.sigma = gold, sigma
+
+    def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
+        r = self.gold(prompts, responses)
+        return [v + self.sigma * random.Random(_stable_hash(prompt_content(p) + "\x00" + y)).gauss(0.0, 1.0)
+                for p, y, v in zip(prompts, responses, r)]
 
 
 def is_refusal(response: str) -> bool:
