@@ -20,7 +20,10 @@ from pathlib import Path
 
 import torch
 
-THREADS = int(os.environ.get("ALIGNSCOPE_BENCH_THREADS", "2"))
+# One torch thread per run by default: on a 2-core machine with any other load, two threads spin-wait
+# on each other and one run can take 10x another (measured); one thread gives wall == CPU time and
+# steady ratios. ALIGNSCOPE_BENCH_THREADS=2 measures both cores on a machine known to be quiet.
+THREADS = int(os.environ.get("ALIGNSCOPE_BENCH_THREADS", "1"))
 PAIRS_LIMIT: int | None = None  # set by run_job: use only the first N pairs
 
 
