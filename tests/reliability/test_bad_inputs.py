@@ -255,7 +255,7 @@ def test_every_row_rejected_names_its_rejects_file(world, tmp_path, monkeypatch,
     monkeypatch.chdir(tmp_path)
     code, text = run_cli(train("dpo", "data={bad}/identical_pair.jsonl on_error=skip").format(**world).split(), capsys)
     assert code == 2 and "no valid records" in text and "Traceback" not in text
-    rejects = tmp_path / "run" / "rejects-identical_pair.jsonl.jsonl"
+    rejects = tmp_path / "run" / "rejects-identical_pair.jsonl"
     assert str(rejects.relative_to(tmp_path)) in text
     assert [json.loads(line)["kind"] for line in rejects.read_text().splitlines()] == ["identical"]
     assert files_under(tmp_path) == ["run", str(rejects.relative_to(tmp_path))]

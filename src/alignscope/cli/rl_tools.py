@@ -36,12 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _sample(args):
-    import torch
 
     from alignscope.data import load_data
     from alignscope.models.loading import load_model_and_tokenizer
     from alignscope.rollout.generation import GenerationConfig, generate
-    from alignscope.rewards.sources import load_reward_source
+    from alignscope.rewards.sources import call_reward, load_reward_source
 
     prompts = [ex.prompt for ex in load_data(args.prompts).examples][: args.limit]
     if not prompts or args.n < 1:
@@ -53,7 +52,7 @@ def _sample(args):
     ro = generate(model, tok, prompts, GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                                          n=args.n, do_sample=True, seed=args.seed))
     flat = [prompts[i] for i in ro.prompt_index]
-    rewards = torch.as_tensor(load_reward_source(args.reward)(flat, ro.texts), dtype=torch.float64).view(len(prompts), args.n)
+    rewards = call_reward(load_reward_source(args.reward), flat, ro.texts, args.reward).view(len(prompts), args.n)
     return prompts, ro, flat, rewards
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from alignscope.data.records import PairExample
 from alignscope.diagnostics.accuracy import tie_aware_accuracy
 from alignscope.models.scoring import sequence_logps
+from alignscope.rewards.sources import call_reward
 
 
 def implicit_rewards(policy, reference, tokenizer, prompts: list, responses: list[str], beta: float, batch_size: int = 16) -> np.ndarray:
@@ -25,8 +25,8 @@ def implicit_rewards(policy, reference, tokenizer, prompts: list, responses: lis
 
 def _evaluate(reward: Callable[[list, list[str]], Any], pairs: list[PairExample]) -> dict[str, float]:
     prompts = [p.prompt for p in pairs]
-    c = torch.as_tensor(reward(prompts, [p.chosen for p in pairs]), dtype=torch.float64).numpy()
-    r = torch.as_tensor(reward(prompts, [p.rejected for p in pairs]), dtype=torch.float64).numpy()
+    c = call_reward(reward, prompts, [p.chosen for p in pairs]).numpy()
+    r = call_reward(reward, prompts, [p.rejected for p in pairs]).numpy()
     scale = np.std(np.concatenate([c, r])) or 1.0
     return {"accuracy": tie_aware_accuracy(c, r), "normalized_margin": float(np.mean(c - r) / scale)}
 

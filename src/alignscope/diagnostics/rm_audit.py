@@ -13,19 +13,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from alignscope.atomic import write_text
 from alignscope.data.records import PairExample, Prompt
 from alignscope.diagnostics.accuracy import tie_aware_accuracy
 from alignscope.diagnostics.variance import low_variance_fraction, per_prompt_variance, standardize_global, teacher_table
+from alignscope.rewards.sources import call_reward
 from alignscope.rollout.generation import GenerationConfig, generate
 
 RewardFn = Callable[[list[Prompt], list[str]], Any]
 
 
 def _rewards(fn: RewardFn, prompts: list[Prompt], responses: list[str]) -> np.ndarray:
-    return torch.as_tensor(fn(prompts, responses), dtype=torch.float64).numpy()
+    return call_reward(fn, prompts, responses).numpy()
 
 
 def audit_reward_models(

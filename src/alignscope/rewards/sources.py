@@ -40,12 +40,12 @@ def _check_lengths(prompts: Sequence[Prompt], responses: Sequence[str]) -> None:
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses: pass one prompt per response")
 
 
-def as_rewards(values: Any, n: int, where: str) -> torch.Tensor:
-    """Validate what a reward source returned: n finite numbers, as a float32 CPU tensor."""
+def as_rewards(values: Any, n: int, where: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Validate what a reward source returned: n finite numbers, as a CPU tensor (float32 for training)."""
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu()
     try:
-        r = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
+        r = torch.as_tensor(values, dtype=dtype).reshape(-1)
     except (TypeError, ValueError, RuntimeError) as e:
         raise ConfigError(f"reward {where} returned something that is not a list of numbers ({e})", "return one float per response") from None
     if r.numel() != n:
@@ -54,6 +54,11 @@ def as_rewards(values: Any, n: int, where: str) -> torch.Tensor:
         bad = int((~torch.isfinite(r)).sum())
         raise ConfigError(f"reward {where} returned {bad} non-finite value(s) (NaN or inf)", "make the reward finite for every response")
     return r
+
+
+def call_reward(fn: Callable, prompts: Sequence[Prompt], responses: Sequence[str], where: str = "") -> torch.Tensor:
+    """Rewards of (prompt, response) pairs from any reward source, validated, float64 for the diagnostics."""
+    return as_rewards(fn(list(prompts), list(responses)), len(responses), where or getattr(fn, "__name__", type(fn).__name__), torch.float64)
 
 
 def _syntax_error(e: SyntaxError, spec: str) -> ConfigError:

@@ -43,7 +43,7 @@ def load_examples(cfg: TrainConfig, source: Any):
     """Records of one data source; with on_error=skip, rejected rows go to the run folder (never beside the data)."""
     from alignscope.data import load_data
 
-    rejects = Path(cfg.output_dir) / f"rejects-{Path(str(source)).name}.jsonl"
+    rejects = Path(cfg.output_dir) / f"rejects-{Path(str(source)).name.split('.', 1)[0]}.jsonl"  # data.jsonl.gz -> rejects-data.jsonl
     return load_data(source, format=cfg.format, mapping=cfg.map or None, on_error=cfg.on_error, rejects_path=rejects).examples
 
 
