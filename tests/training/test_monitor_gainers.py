@@ -41,3 +41,19 @@ def test_mass_gainers_logged_for_short_responses_with_stored_start(tmp_path):
 
     probs = load_file(str(start))["probs"]
     assert torch.isclose(probs.sum(), torch.tensor(1.0), atol=1e-4)
+
+
+def test_displacement_warning_printed_once_unless_it_grows_but_logged_every_time(tmp_path):
+    from alignscope.training.metrics import MetricsLogger
+
+    said = []
+    logger = MetricsLogger(tmp_path, log=said.append)
+    start = {"chosen": [0.0] * 20, "rejected": [0.0] * 20}
+    fell = lambda k: {"chosen": [-1.0] * k + [1.0] * (20 - k), "rejected": [-2.0] * 20}  # noqa: E731
+    logger.eval_point(0, start, start)
+    for step, k in ((4, 12), (8, 12), (12, 13), (16, 15)):
+        logger.eval_point(step, fell(k), start)
+    printed = [s for s in said if "likelihood displacement" in s]
+    assert [s.rsplit("(step ", 1)[1] for s in printed] == ["4)", "16)"]  # 0.6 printed; 0.65 is not +0.1 over it; 0.75 is
+    logged = [json.loads(line) for line in (tmp_path / "pitfalls.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [4, 8, 12, 16] and logged[-1]["size"] == 0.75

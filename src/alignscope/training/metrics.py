@@ -31,6 +31,7 @@ def _truncate(path: Path, after_step: int) -> None:
 class MetricsLogger:
     def __init__(self, out_dir: Path, enabled: bool = True, report_to: list[str] = (), truncate_after: int = 0, log=print):
         self.out_dir, self.enabled, self.say = Path(out_dir), enabled, log
+        self.warned: dict[str, float] = {}  # pitfall name -> size when last printed
         self.tb = self.wandb = None
         if not enabled:
             return
@@ -91,7 +92,11 @@ class MetricsLogger:
                 if mass_gainers:
                     moved = ", ".join(f"{g['token']!r} (+{g['gain']:.3f})" for g in mass_gainers[:3])
                     pitfall.message += f"; on short responses the mass went to {moved}"
-                self.say(f"alignscope: warning: {format_pitfall(pitfall)}")
+                # Every detection goes to pitfalls.jsonl (the report plots it); the terminal hears of a
+                # pitfall once, and again only when it has grown by 0.1, not at every evaluation point.
+                if pitfall.size >= self.warned.get(pitfall.name, float("-inf")) + 0.1:
+                    self.say(f"alignscope: warning: {format_pitfall(pitfall)} (step {step})")
+                    self.warned[pitfall.name] = pitfall.size
                 self.append_jsonl("pitfalls.jsonl", {"step": step, **pitfall.__dict__})
         return row
 
