@@ -91,6 +91,16 @@ def test_cli_help(capsys):
     assert "--map NEW=OLD" in out and "--tokenizer PATH_OR_NAME" in out and "--limit N" in out and "--json" in out
 
 
+
+def test_cli_parser_is_built_without_importing_torch():
+    # `alignscope --help` and every `--help` answer in a fraction of a second: torch loads only to run a command.
+    import subprocess
+    import sys
+
+    code = "import sys; from alignscope.cli.main import build_parser; build_parser(); print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
 SHARED = {
     "hh_rlhf_harmless/test.jsonl.gz": ("pairwise", 2312, []),
     "ultrafeedback_sample/train_clean.jsonl": ("pairwise", 1000, []),

@@ -6,12 +6,10 @@ import argparse
 import dataclasses
 
 from alignscope.config import build_config, load_yaml, merge, parse_overrides
-from alignscope.training.config import METHODS, TrainConfig
+from alignscope.training.config import METHODS, RLConfig, TrainConfig
 
 
 def _options_help() -> str:
-    from alignscope.training.rl import RLConfig
-
     lines = []
     for title, cls in (("sft, rm, dpo, kto, rank", TrainConfig), ("rl (algorithm: reinforce, rloo, grpo, dr_grpo, ppo)", RLConfig)):
         lines.append(f"options for {title} (YAML keys or key=value overrides):")
@@ -40,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     raw = load_yaml(args.config) if args.config else {}
     raw = merge(raw, parse_overrides(args.overrides))
     if args.method == "rl":
-        from alignscope.training.rl import RLConfig, train_rl
+        from alignscope.training.rl import train_rl
 
         train_rl(build_config(RLConfig, raw), resume=args.resume)
         return 0

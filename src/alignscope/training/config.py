@@ -123,3 +123,56 @@ class TrainConfig:
                         f"unknown loss type '{term.type}'" + did_you_mean(term.type, PREFERENCE_LOSSES),
                         f"choose from {', '.join(PREFERENCE_LOSSES)}",
                     )
+
+
+ALGORITHMS = ("reinforce", "rloo", "grpo", "dr_grpo", "ppo")
+
+
+@dataclass
+class RLConfig:
+    algorithm: Literal["reinforce", "rloo", "grpo", "dr_grpo", "ppo"] = "rloo"
+    model: str = "lab:tiny"
+    prompts: str = ""  # a prompt-only data file (or any format with prompts)
+    format: str | None = None
+    map: dict = field(default_factory=dict)
+    reward: str = ""  # 'module:function', a reward-model folder, or 'lab:gold'
+    gold: str | None = None  # optional gold reward for monitoring ('module:function' or 'lab:gold')
+    output_dir: str = "runs/rl"
+    steps: int = 50
+    prompts_per_step: int = 8
+    samples_per_prompt: int = 4
+    max_new_tokens: int = 24
+    temperature: float = 1.0
+    top_p: float = 1.0
+    lr: float = 1e-4
+    max_grad_norm: float | None = 1.0
+    kl_coef: float = 0.05
+    kl_mode: Literal["reward", "loss"] = "loss"  # k1 penalty in the reward, or k3 term in the loss
+    adaptive_kl_target: float | None = None  # set to use Ziegler et al.'s adaptive controller
+    clip_eps: float = 0.2
+    ppo_epochs: int = 2
+    value_lr: float = 1e-3
+    vf_coef: float = 0.5  # PPO: weight of the clipped value loss
+    gae_lambda: float = 0.95
+    dynamic_sampling: bool = False  # drop groups whose reward variance is below `variance_threshold`, refill
+    variance_threshold: float = 1e-6
+    max_refill_rounds: int = 4
+    reward_standardize: bool = False
+    seed: int = 0
+    save_steps: int | None = None
+    keep_last: int = 2
+    progress: bool = True
+    trust_remote_code: bool = False
+
+    def validate(self) -> None:
+        if not self.prompts:
+            raise ConfigError("no prompts given", "set prompts: path/to/prompts.jsonl")
+        if not self.reward:
+            raise ConfigError("no reward given", "set reward: module:function, a reward-model folder, or lab:gold")
+        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
+            raise ConfigError(f"output_dir '{self.output_dir}' is a file, not a folder", "set output_dir to a new or existing folder")
+        for name in ("steps", "prompts_per_step", "samples_per_prompt", "max_new_tokens", "ppo_epochs", "keep_last"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"'{name}' must be a positive integer, got {getattr(self, name)}")
+        if self.samples_per_prompt < 2 and self.algorithm in ("rloo", "grpo", "dr_grpo"):
+            raise ConfigError(f"{self.algorithm} needs samples_per_prompt >= 2 (it compares samples of one prompt)")
