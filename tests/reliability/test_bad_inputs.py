@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 
 from alignscope.cli.main import main
 
@@ -159,15 +158,6 @@ CLI = [
 ]
 
 CASES = DATA + CONFIG + MODEL + CLI
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy shared CPU, two threads make tiny models many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _save_tiny(path: Path, tok, **kw) -> Path:

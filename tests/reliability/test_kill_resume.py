@@ -40,13 +40,9 @@ REWARD = "def reward(prompts, responses):\n    return [r.count('e') - 0.1 * len(
 
 
 @pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """One intra-op thread: on a busy shared CPU, two threads make these tiny models ~20x slower."""
+def no_tokenizer_threads(monkeypatch):
+    """Forked runs must not inherit the Rust tokenizer's thread pool (it deadlocks after fork)."""
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def run_here(argv: list[str]) -> None:

@@ -103,14 +103,6 @@ def pairs(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("method", ["rm", "dpo"])
 def test_run_folder_holds_safetensors_only(pairs, tmp_path, method):
     out = tmp_path / "run"
