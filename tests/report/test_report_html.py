@@ -285,3 +285,17 @@ def test_report_renders_in_headless_chromium(full_run):
         assert p["w"] > 0 and p["h"] > 0 and p["natural"] > 0, f"{name} rendered with no size: {p}"
     pixels = imread(io.BytesIO(base64.b64decode(shot["data"])), format="png")
     assert pixels[..., :3].std() > 0.01, "the screenshot is blank"
+
+
+def test_ches_table_formats_the_audit_columns(tmp_path):
+    # The audit's extra columns come back from CSV as text: numbers and booleans are shown as such, text is cut.
+    from alignscope.report.html import _ches_section
+
+    with open(tmp_path / "ches.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "ches", "ln_ches", "edit_distance", "flagged", "logp_chosen", "model_ranks_correctly", "prompt_tokens", "note"])
+        w.writerow([0, 5.0, 1.0, 0.5, "True", -10.664149284362793, "True", 16, "x" * 300])
+        w.writerow([1, 1.0, 0.1, 0.9, "False", -3.0, "False", 12, "short"])
+    html_text = _ches_section(tmp_path)
+    assert ">-10.66<" in html_text and ">yes<" in html_text and ">16<" in html_text
+    assert "-10.664149284362793" not in html_text and "x" * 120 in html_text and "x" * 121 not in html_text

@@ -108,6 +108,17 @@ def _series(rows: list[dict[str, Any]], path: Path, keys: Iterable[str] | None =
     return out
 
 
+def _parse_cell(raw: str | None) -> Any:
+    """An optional audit column as a number or a yes/no when it is one (so the table formats it), else text."""
+    text = (raw or "").strip()
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        return int(text) if text.lstrip("-").isdigit() else float(text)
+    except ValueError:
+        return raw
+
+
 def read_ches_csv(path: Path) -> list[dict[str, Any]]:
     """Rows of ches.csv with numbers parsed; `flagged` accepts 1/0, true/false, yes/no."""
     rows = []
@@ -132,6 +143,8 @@ def read_ches_csv(path: Path) -> list[dict[str, Any]]:
             if flag not in ("1", "0", "true", "false", "yes", "no"):
                 raise DataError(f"expected 1/0 or true/false, got {rec['flagged']!r}", source=str(path), line=lineno, field="flagged")
             row["flagged"] = flag in ("1", "true", "yes")
+            for col in set(rec) - set(CHES_COLUMNS):
+                row[col] = _parse_cell(rec[col])
             rows.append(row)
     return rows
 
@@ -227,9 +240,11 @@ def _ches_section(run: Path) -> str:
     top = sorted((r for r in rows if r["flagged"]), key=lambda r: -r["ln_ches"])[:TOP_FLAGGED]
     if top:
         extra = [c for c in rows[0] if c not in CHES_COLUMNS]
-        table_rows = [[r["index"], r["ches"], r["ln_ches"], r["edit_distance"]] + [str(r[c])[:120] for c in extra] for r in top]
+        cell = lambda v: v[:120] if isinstance(v, str) else v  # noqa: E731 (numbers and yes/no go through _fmt)
+        table_rows = [[r["index"], r["ches"], r["ln_ches"], r["edit_distance"]] + [cell(r[c]) for c in extra] for r in top]
+        text = [4 + i for i, c in enumerate(extra) if isinstance(top[0][c], str)]
         body += f"<h3>Top {len(top)} flagged pairs by length-normalised CHES</h3>"
-        body += _table(["index", "CHES", "LN-CHES", "edit distance"] + extra, table_rows, text_cols=range(4, 4 + len(extra)))
+        body += _table(["index", "CHES", "LN-CHES", "edit distance"] + extra, table_rows, text_cols=text)
     return body
 
 
