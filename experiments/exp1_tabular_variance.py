@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alignscope.lab.experiment import parse_args, pyplot
+from alignscope.lab.experiment import parse_args, pyplot, save_figure
 
 
 def expected(logits: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
@@ -217,9 +217,7 @@ def plot(results, var_a, steps_a, var_b, steps_b, curves_a, curves_b, fit_a, fit
     ax[1].axhline(results["delta"], color="k", lw=0.5)
     ax[1].set(xscale="log", xlabel="gradient step", ylabel="gold gain E[r_G] - E_ref[r_G] (prompt 0)")
     ax[1].legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out / "steps_vs_variance.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "steps_vs_variance.png")
 
 
 def format_table(r: dict) -> str:

@@ -34,7 +34,7 @@ import torch
 from alignscope.config import build_config
 from alignscope.diagnostics.rm_audit import audit_reward_models, format_table
 from alignscope.diagnostics.variance import per_prompt_variance
-from alignscope.lab.experiment import parse_args, pyplot
+from alignscope.lab.experiment import parse_args, pyplot, save_figure
 from alignscope.lab.generate import pairwise_data, prompt_data, sft_data
 from alignscope.lab.gold import GoldReward, NoisyGold, ScaledGold
 from alignscope.lab.language import default_world
@@ -191,9 +191,7 @@ def plot(r: dict, out: Path) -> None:
         ax[3].plot(np.arange(1, len(c) + 1), [c[max(0, i - k + 1) : i + 1].mean() for i in range(len(c))], label=x["rm"])
     ax[3].set(xlabel="RLOO step", ylabel=f"gold reward of the training samples ({k}-step mean)", title="gold reward during training")
     ax[3].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(out / "teachers.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "teachers.png")
 
 
 def format_results(r: dict) -> str:

@@ -34,7 +34,7 @@ from alignscope.data.tokenize import encode_response
 from alignscope.diagnostics.ches import ches_filter
 from alignscope.diagnostics.data_audit import audit_pairs
 from alignscope.diagnostics.displacement import mass_gainers
-from alignscope.lab.experiment import parse_args, pyplot
+from alignscope.lab.experiment import parse_args, pyplot, save_figure
 from alignscope.lab.generate import pairwise_data, prompt_data, refusal_opener_pairs, refusal_pairs, sft_data, single_token_pairs
 from alignscope.lab.gold import refusal_rate
 from alignscope.lab.language import AFFIRM_EMPHATIC, AFFIRM_PLAIN, NEGATE_EMPHATIC, NEGATE_PLAIN, default_world, parse_response
@@ -230,9 +230,7 @@ def plot(r: dict, out: Path) -> None:
     ax[2].set_xticks(np.arange(3), names)
     ax[2].set(ylim=(0, 1.05), title=f"C. refusal on held-out unsafe prompts (mean of {len(c['runs']) // 2} seeds)")
     ax[2].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "displacement.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "displacement.png")
 
 
 def format_single(a: dict) -> str:

@@ -26,7 +26,7 @@ from alignscope.config import build_config
 from alignscope.data.records import PairExample
 from alignscope.diagnostics.compare_rm import compare_reward_models, format_comparison
 from alignscope.lab import default_world, pairwise_data, paraphrased_pairs, pretrained_lab_model, sft_data
-from alignscope.lab.experiment import finish, fresh_dir, parse_args, pyplot
+from alignscope.lab.experiment import finish, fresh_dir, parse_args, pyplot, save_figure
 from alignscope.lab.pretrain import load_lab_model
 from alignscope.models.reward_model import RewardModel
 from alignscope.rewards.sources import ImplicitReward, ModelReward
@@ -145,9 +145,7 @@ def plot(acc: dict, path: Path) -> None:
     ax.set_ylabel("accuracy vs gold (ties 1/2)")
     ax.set_title("Implicit (DPO) vs explicit RM under token-level shift")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def table(r: dict) -> str:

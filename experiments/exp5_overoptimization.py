@@ -28,7 +28,7 @@ import torch
 from alignscope.config import build_config
 from alignscope.diagnostics.overoptimization import best_of_n_curve, fit_bon, fit_rl, gold_peak, sqrt_kl
 from alignscope.lab import GoldReward, default_world, pairwise_data, pretrained_lab_model, prompt_data, sft_data
-from alignscope.lab.experiment import finish, fresh_dir, parse_args, pyplot
+from alignscope.lab.experiment import finish, fresh_dir, parse_args, pyplot, save_figure
 from alignscope.lab.pretrain import load_lab_model
 from alignscope.losses.policy_gradient import best_of_n_kl_bound
 from alignscope.models.reward_model import RewardModel
@@ -163,9 +163,7 @@ def plot(r: dict, path: Path) -> None:
     ax.set_xlabel("d = sqrt(KL) (moving average)")
     ax.set_title("RLOO against the proxy RM")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def table(r: dict) -> str:

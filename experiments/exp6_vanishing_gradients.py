@@ -35,7 +35,7 @@ import torch
 from alignscope.config import build_config
 from alignscope.data.records import SFTExample
 from alignscope.lab import GoldReward, default_world, good_response, pretrained_lab_model, prompt_data, sft_data
-from alignscope.lab.experiment import finish, fresh_dir, parse_args, pyplot
+from alignscope.lab.experiment import finish, fresh_dir, parse_args, pyplot, save_figure
 from alignscope.lab.pretrain import load_lab_model
 from alignscope.rollout.generation import GenerationConfig, generate
 from alignscope.training.config import TrainConfig
@@ -213,9 +213,7 @@ def plot(r: dict, path: Path) -> None:
     ax.set_ylabel(f"gold gain of the samples ({r['settings']['window']}-step window)")
     ax.set_title("RL: gain over the initial policy, by group")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def table(r: dict) -> str:

@@ -36,7 +36,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _sample(args):
-
     from alignscope.data import load_data
     from alignscope.models.loading import load_model_and_tokenizer
     from alignscope.rollout.generation import GenerationConfig, generate

@@ -50,6 +50,13 @@ def pyplot():
     return plt
 
 
+def save_figure(fig, path: Path) -> None:
+    """Lay out, write as PNG and free a figure (pyplot keeps every open figure alive)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
+
+
 def finish(out: Path, result: dict[str, Any], plot: Callable[[dict, Path], None], plot_name: str,
            table: Callable[[dict], str], log: Callable[..., None] = print) -> dict[str, Any]:
     """Write results.json, draw the plot, print the table; return the results."""

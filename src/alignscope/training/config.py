@@ -1,4 +1,5 @@
-"""Typed training configs. YAML files and `key=value` overrides become a `TrainConfig`."""
+"""Typed training configs. YAML files and `key=value` overrides become a `TrainConfig` (offline
+objectives) or an `RLConfig` (on-policy RL); both validate with readable errors."""
 
 from __future__ import annotations
 
@@ -7,6 +8,18 @@ from pathlib import Path
 from typing import Literal
 
 from alignscope.errors import ConfigError
+
+
+def _check_output_dir(output_dir: str) -> None:
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise ConfigError(f"output_dir '{output_dir}' is a file, not a folder", "set output_dir to a new or existing folder")
+
+
+def _check_positive(cfg: object, names: tuple[str, ...]) -> None:
+    for name in names:
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"'{name}' must be a positive integer, got {getattr(cfg, name)}")
+
 
 METHODS = ("sft", "rm", "dpo", "kto", "rank")
 
@@ -93,11 +106,8 @@ class TrainConfig:
     def validate(self) -> None:
         if not self.data:
             raise ConfigError("no training data given", "set data: path/to/file.jsonl (or data=... on the command line)")
-        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
-            raise ConfigError(f"output_dir '{self.output_dir}' is a file, not a folder", "set output_dir to a new or existing folder")
-        for name in ("batch_size", "grad_accum", "epochs", "max_length", "logging_steps", "keep_last", "rm_heads"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"'{name}' must be a positive integer, got {getattr(self, name)}")
+        _check_output_dir(self.output_dir)
+        _check_positive(self, ("batch_size", "grad_accum", "epochs", "max_length", "logging_steps", "keep_last", "rm_heads"))
         for name in ("max_steps", "eval_steps", "save_steps", "max_prompt_length", "max_examples"):
             v = getattr(self, name)
             if v is not None and v <= 0:
@@ -169,10 +179,7 @@ class RLConfig:
             raise ConfigError("no prompts given", "set prompts: path/to/prompts.jsonl")
         if not self.reward:
             raise ConfigError("no reward given", "set reward: module:function, a reward-model folder, or lab:gold")
-        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
-            raise ConfigError(f"output_dir '{self.output_dir}' is a file, not a folder", "set output_dir to a new or existing folder")
-        for name in ("steps", "prompts_per_step", "samples_per_prompt", "max_new_tokens", "ppo_epochs", "keep_last"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"'{name}' must be a positive integer, got {getattr(self, name)}")
+        _check_output_dir(self.output_dir)
+        _check_positive(self, ("steps", "prompts_per_step", "samples_per_prompt", "max_new_tokens", "ppo_epochs", "keep_last"))
         if self.samples_per_prompt < 2 and self.algorithm in ("rloo", "grpo", "dr_grpo"):
             raise ConfigError(f"{self.algorithm} needs samples_per_prompt >= 2 (it compares samples of one prompt)")

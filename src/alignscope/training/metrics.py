@@ -9,7 +9,7 @@ from typing import Any
 
 from alignscope.atomic import write_text
 from alignscope.diagnostics.displacement import displacement_stats
-from alignscope.diagnostics.warnings import detect_displacement, format_pitfall
+from alignscope.diagnostics.warnings import Pitfall, detect_displacement, format_pitfall
 
 FILES = ("metrics.jsonl", "eval_logps.jsonl", "displacement.jsonl", "pitfalls.jsonl", "reward_variance.jsonl", "rl_metrics.jsonl")
 
@@ -92,13 +92,19 @@ class MetricsLogger:
                 if mass_gainers:
                     moved = ", ".join(f"{g['token']!r} (+{g['gain']:.3f})" for g in mass_gainers[:3])
                     pitfall.message += f"; on short responses the mass went to {moved}"
-                # Every detection goes to pitfalls.jsonl (the report plots it); the terminal hears of a
-                # pitfall once, and again only when it has grown by 0.1, not at every evaluation point.
-                if pitfall.size >= self.warned.get(pitfall.name, float("-inf")) + 0.1:
-                    self.say(f"alignscope: warning: {format_pitfall(pitfall)} (step {step})")
+                # The terminal hears of a pitfall once, and again only when it has grown by 0.1, not at
+                # every evaluation point; pitfalls.jsonl gets every detection.
+                grew = pitfall.size >= self.warned.get(pitfall.name, float("-inf")) + 0.1
+                if grew:
                     self.warned[pitfall.name] = pitfall.size
-                self.append_jsonl("pitfalls.jsonl", {"step": step, **pitfall.__dict__})
+                self.pitfall(step, pitfall, say=grew)
         return row
+
+    def pitfall(self, step: int, pitfall: Pitfall, say: bool = True) -> None:
+        """Record a detected pitfall in pitfalls.jsonl (the report lists them) and, with `say`, print it."""
+        if say:
+            self.say(f"alignscope: warning: {format_pitfall(pitfall)} (step {step})")
+        self.append_jsonl("pitfalls.jsonl", {"step": step, **pitfall.__dict__})
 
     def close(self) -> None:
         if self.tb is not None:

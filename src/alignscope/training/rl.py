@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from alignscope.atomic import write_text
 from alignscope.diagnostics.overoptimization import fit_rl, gold_peak, sqrt_kl
 from alignscope.diagnostics.variance import per_prompt_variance
-from alignscope.diagnostics.warnings import detect_flat_objective, detect_overoptimization, format_pitfall
+from alignscope.diagnostics.warnings import detect_flat_objective, detect_overoptimization
 from alignscope.errors import DataError, TrainingError
 from alignscope.losses import policy_gradient as pg
 from alignscope.models.scoring import Scorer, pad_token_id, score_batch
@@ -80,7 +81,7 @@ def compute_advantages(
     return pg.reinforce_advantages(grouped, baseline="mean").reshape(-1), None
 
 
-def overoptimization_summary(out_dir: Path, logger: MetricsLogger, log=print) -> dict | None:
+def overoptimization_summary(out_dir: Path, logger: MetricsLogger) -> dict | None:
     """Proxy vs gold vs sqrt(KL) over the whole run (resumed parts included): where the gold reward
     peaked, the nearest kept checkpoint, and Gao et al.'s RL form fitted to the gold gain.
     Written to `overoptimization.json`; a detected over-optimisation is logged as a pitfall."""
@@ -101,9 +102,8 @@ def overoptimization_summary(out_dir: Path, logger: MetricsLogger, log=print) ->
     except DataError as e:
         summary["gao_fit_rl"] = {"error": str(e)}
     for pitfall in detect_overoptimization(steps, proxy, gold):
-        log(f"alignscope: warning: {format_pitfall(pitfall)}")
-        logger.append_jsonl("pitfalls.jsonl", {"step": steps[-1], **pitfall.__dict__})
-    (out_dir / "overoptimization.json").write_text(json.dumps(summary, indent=1))
+        logger.pitfall(steps[-1], pitfall)
+    write_text(out_dir / "overoptimization.json", json.dumps(summary, indent=1))
     return summary
 
 
@@ -269,8 +269,7 @@ def train_rl(
             # The paper's estimator: per-prompt variance of rewards standardised over all of the step's samples.
             for pitfall in detect_flat_objective(var / (rewards_pn.var() + 1e-12)):
                 warned_flat = True
-                log(f"alignscope: warning: step {step + 1}: {format_pitfall(pitfall)}")
-                logger.append_jsonl("pitfalls.jsonl", {"step": step + 1, **pitfall.__dict__})
+                logger.pitfall(step + 1, pitfall)
         done = step + 1
         if cfg.save_steps and done % cfg.save_steps == 0 or done == cfg.steps:
             ckpt.save_checkpoint(out_dir, done, trainable, optimizer, scheduler, {"step": done, "kl_coef": kl_ctl.value}, cfg.keep_last)
@@ -278,7 +277,7 @@ def train_rl(
         if "reward/proxy_mean" in row:
             bar.set_postfix(reward=f"{row['reward/proxy_mean']:.3f}", kl=f"{row['kl']:.3f}")
     bar.close()
-    overoptimization_summary(out_dir, logger, log)
+    overoptimization_summary(out_dir, logger)
     model.save_pretrained(out_dir / "final")
     tokenizer.save_pretrained(out_dir / "final")
     logger.close()
