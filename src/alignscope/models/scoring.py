@@ -73,27 +73,120 @@ def check_context(model: nn.Module, longest: int) -> None:
                          f"set max_length (--max-length on the command line) to at most {limit}")
 
 
-def pad_batch(
+# Verified on these architectures (tests/models/test_shared_prompts.py): they build their attention
+# masks with transformers' masking utilities, which take a custom 4D mask as it is.
+SHARED_PROMPT_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+
+def can_share_prompts(model: nn.Module, row_length: int) -> bool:
+    """Whether `model` can score several responses in one row behind one copy of their prompt.
+
+    That needs a block-causal 4D attention mask (each response sees the prompt and itself, not its
+    siblings) and explicit position ids, which sdpa and eager attention accept on the verified
+    architectures; a sliding window shorter than the row would be silently dropped, so it opts out.
+    """
+    config = getattr(unwrap_model(model), "config", None)
+    if config is None or getattr(config, "model_type", None) not in SHARED_PROMPT_MODEL_TYPES:
+        return False
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+        return False
+    window = getattr(config, "sliding_window", None)
+    return not (isinstance(window, int) and row_length > window)
+
+
+@dataclass
+class Layout:
+    """Where every sequence of a batch sits in the padded model input.
+
+    Sequences that share a prompt may share a row ([prompt, r1, r2, ...]); then the attention
+    mask is 4D and block-causal. Indices are flat positions into the [rows * length] input.
+    """
+
+    input_ids: torch.Tensor  # [rows, T]
+    attention_mask: torch.Tensor  # [rows, T], or [rows, 1, T, T] when prompts are shared
+    position_ids: torch.Tensor  # [rows, T]
+    pred_index: torch.Tensor  # [sum |y|] positions predicting each response token, in sequence order
+    targets: torch.Tensor  # [sum |y|] the response tokens themselves
+    last_index: torch.Tensor  # [N] position of each sequence's last token
+    seq_index: torch.Tensor  # [sum |y|] which sequence each predicted token belongs to
+    counts: list[int]  # |y| per sequence
+
+
+def prompt_groups(prompt_ids: list[list[int]]) -> list[list[int]]:
+    """Runs of consecutive sequences with the same prompt (chosen/rejected of a pair, a ranked list, a GRPO group)."""
+    groups: list[list[int]] = []
+    for i, p in enumerate(prompt_ids):
+        if groups and (p is prompt_ids[groups[-1][0]] or p == prompt_ids[groups[-1][0]]):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def build_layout(
     prompt_ids: list[list[int]],
     response_ids: list[list[int]],
     pad_id: int,
+    *,
     padding_side: str = "right",
+    share_prompts: bool = False,
+    mask_dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """input_ids, attention_mask, position_ids, and the mask of positions that predict response tokens."""
-    lengths = [len(p) + len(r) for p, r in zip(prompt_ids, response_ids)]
-    n, t = len(lengths), max(lengths)
-    input_ids = torch.full((n, t), pad_id, dtype=torch.long)
-    attn = torch.zeros((n, t), dtype=torch.long)
-    pred = torch.zeros((n, t), dtype=torch.bool)
-    for i, (p, r) in enumerate(zip(prompt_ids, response_ids)):
-        off = 0 if padding_side == "right" else t - lengths[i]
-        input_ids[i, off : off + lengths[i]] = torch.tensor(p + r, dtype=torch.long)
-        attn[i, off : off + lengths[i]] = 1
-        start = off + len(p) - 1
-        pred[i, max(start, 0) : start + len(r)] = True
-    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
-    return input_ids.to(device), attn.to(device), position_ids.to(device), pred.to(device)
+) -> Layout:
+    """The model input for a batch: one sequence a row, or (share_prompts) one prompt group a row.
+
+    With shared prompts each prompt is run once for all its responses, which cuts the tokens of a
+    DPO pair by |x| / (2|x| + |y_w| + |y_l|). `mask_dtype` None gives a boolean 4D mask (sdpa);
+    a float dtype gives an additive one (eager attention).
+    """
+    n = len(prompt_ids)
+    groups = prompt_groups(prompt_ids) if share_prompts else [[i] for i in range(n)]
+    shared = any(len(g) > 1 for g in groups)
+    if not shared:
+        groups = [[i] for i in range(n)]
+    lengths = [len(prompt_ids[g[0]]) + sum(len(response_ids[i]) for i in g) for g in groups]
+    rows, t = len(groups), max(lengths)
+    input_ids = torch.full((rows, t), pad_id, dtype=torch.long)
+    attn = torch.zeros((rows, t), dtype=torch.long)
+    pos = torch.zeros((rows, t), dtype=torch.long)
+    seg = torch.full((rows, t), -1, dtype=torch.long)
+    pred: list[torch.Tensor] = [torch.empty(0, dtype=torch.long)] * n
+    last = [0] * n
+    for row, g in enumerate(groups):
+        p = prompt_ids[g[0]]
+        off = t - lengths[row] if padding_side == "left" and not shared else 0
+        base = row * t + off
+        input_ids[row, off : off + lengths[row]] = torch.tensor(p + [x for i in g for x in response_ids[i]], dtype=torch.long)
+        attn[row, off : off + lengths[row]] = 1
+        pos[row, off : off + len(p)] = torch.arange(len(p))
+        seg[row, off : off + len(p)] = 0
+        o = off + len(p)
+        for k, i in enumerate(g):
+            m = len(response_ids[i])
+            pos[row, o : o + m] = torch.arange(len(p), len(p) + m)
+            seg[row, o : o + m] = k + 1
+            pred[i] = torch.cat([torch.tensor([base + len(p) - 1]), torch.arange(row * t + o, row * t + o + m - 1)])
+            last[i] = row * t + o + m - 1
+            o += m
+    counts = [len(r) for r in response_ids]
+    mask: torch.Tensor = attn
+    if shared:
+        q, k = seg[:, :, None], seg[:, None, :]
+        allowed = torch.ones(t, t, dtype=torch.bool).tril() & ((k == 0) | (k == q)) & (k >= 0) & (q >= 0)
+        allowed |= torch.eye(t, dtype=torch.bool)  # padding rows attend to themselves: no all-masked row, no NaN
+        mask = allowed[:, None]
+        if mask_dtype is not None:
+            mask = torch.zeros(mask.shape, dtype=mask_dtype).masked_fill_(~mask, torch.finfo(mask_dtype).min)
+    return Layout(
+        input_ids=input_ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=pos.to(device),
+        pred_index=torch.cat(pred).to(device),
+        targets=torch.tensor([x for r in response_ids for x in r], dtype=torch.long, device=device),
+        last_index=torch.tensor(last, dtype=torch.long, device=device),
+        seq_index=torch.repeat_interleave(torch.arange(n), torch.tensor(counts)).to(device),
+        counts=counts,
+    )
 
 
 class Scorer(nn.Module):
@@ -107,15 +200,17 @@ class Scorer(nn.Module):
         super().__init__()
         self.lm = lm
 
-    def forward(self, input_ids, attention_mask, position_ids, pred, compute_logps: bool, chunk_tokens: int):
-        return _score_forward(self.lm, input_ids, attention_mask, position_ids, pred, compute_logps, chunk_tokens)
+    def forward(self, layout: Layout, compute_logps: bool, chunk_tokens: int):
+        return _score_forward(self.lm, layout, compute_logps, chunk_tokens)
 
 
-def _score_forward(lm, input_ids, attn, pos, pred, compute_logps: bool, chunk_tokens: int):
+def _score_forward(lm, layout: Layout, compute_logps: bool, chunk_tokens: int):
     body, head = body_and_head(lm)
-    hidden = body(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
-    targets = torch.roll(input_ids, shifts=-1, dims=1)[pred]
-    flat_h = hidden[pred]
+    hidden = body(input_ids=layout.input_ids, attention_mask=layout.attention_mask, position_ids=layout.position_ids,
+                  use_cache=False).last_hidden_state
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    flat_h = hidden[layout.pred_index]
+    targets = layout.targets
     cap = getattr(unwrap_model(lm).config, "final_logit_softcapping", None)
     parts = [flat_h.new_zeros(0 if compute_logps else flat_h.shape[0], dtype=torch.float32)]
     for s in range(0, flat_h.shape[0] if compute_logps else 0, chunk_tokens):
@@ -123,7 +218,20 @@ def _score_forward(lm, input_ids, attn, pos, pred, compute_logps: bool, chunk_to
         if cap:
             logits = torch.tanh(logits / cap) * cap
         parts.append(torch.log_softmax(logits, dim=-1).gather(-1, targets[s : s + chunk_tokens, None]).squeeze(-1))
-    return torch.cat(parts), flat_h, hidden
+    return torch.cat(parts), flat_h, hidden[layout.last_index]
+
+
+def layout_for(lm: nn.Module, prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int, *,
+               padding_side: str = "right", share_prompts: bool = True) -> Layout:
+    """`build_layout` on `lm`'s device, sharing prompts when asked for and the model supports it."""
+    groups = prompt_groups(prompt_ids) if share_prompts else []
+    longest = max((len(prompt_ids[g[0]]) + sum(len(response_ids[i]) for i in g) for g in groups), default=0)
+    share = share_prompts and any(len(g) > 1 for g in groups) and can_share_prompts(lm, longest)
+    config = unwrap_model(lm).config
+    dtype = None if getattr(config, "_attn_implementation", None) == "sdpa" else next(lm.parameters()).dtype
+    device = body_and_head(lm)[1].weight.device
+    return build_layout(prompt_ids, response_ids, pad_id, padding_side=padding_side, share_prompts=share,
+                        mask_dtype=dtype, device=device)
 
 
 def score_batch(
@@ -138,12 +246,15 @@ def score_batch(
     return_token_hidden: bool = False,
     compute_logps: bool = True,
     chunk_tokens: int = 2048,
+    share_prompts: bool = True,
 ) -> ScoreOutput:
     """Score a batch; differentiable when called under grad (training), cheap under no_grad.
 
     `model` is a causal LM or a (possibly wrapped) `Scorer`. `compute_logps=False` skips the
-    unembedding. Every response must be non-empty and every prompt must have at least one
-    token (the first response token needs a position that predicts it).
+    unembedding. Consecutive sequences with the same prompt share one forward of it when
+    `share_prompts` and the model allow (see `can_share_prompts`); results are the same either way.
+    Every response must be non-empty and every prompt must have at least one token (the first
+    response token needs a position that predicts it).
     """
     if any(len(p) == 0 for p in prompt_ids):
         raise ValueError("every prompt needs at least one token (add a BOS token to empty prompts)")
@@ -152,29 +263,22 @@ def score_batch(
     inner = model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
     lm = inner.lm if isinstance(inner, Scorer) else model
     check_context(lm, max((len(p) + len(r) for p, r in zip(prompt_ids, response_ids)), default=0))
-    device = body_and_head(lm)[1].weight.device
-    input_ids, attn, pos, pred = pad_batch(prompt_ids, response_ids, pad_id, padding_side, device)
+    layout = layout_for(lm, prompt_ids, response_ids, pad_id, padding_side=padding_side, share_prompts=share_prompts)
     if isinstance(inner, Scorer):
-        tok_lp, flat_h, hidden = model(input_ids, attn, pos, pred, compute_logps, chunk_tokens)
+        tok_lp, flat_h, last_h = model(layout, compute_logps, chunk_tokens)
     else:
-        tok_lp, flat_h, hidden = _score_forward(model, input_ids, attn, pos, pred, compute_logps, chunk_tokens)
-    n = len(prompt_ids)
-    seq_idx = torch.arange(n, device=device).unsqueeze(1).expand_as(pred)[pred]
-    counts = torch.tensor([len(r) for r in response_ids], device=device)
-    logps = torch.zeros(n, device=device, dtype=tok_lp.dtype).index_add(0, seq_idx, tok_lp)
-    out = ScoreOutput(logps=logps, n_tokens=counts)
+        tok_lp, flat_h, last_h = _score_forward(model, layout, compute_logps, chunk_tokens)
+    n, device = len(prompt_ids), tok_lp.device
+    logps = torch.zeros(n, device=device, dtype=tok_lp.dtype).index_add(0, layout.seq_index, tok_lp)
+    out = ScoreOutput(logps=logps, n_tokens=torch.tensor(layout.counts, device=device))
     if return_token_logps:
-        out.token_logps = list(torch.split(tok_lp, counts.tolist()))
+        out.token_logps = list(torch.split(tok_lp, layout.counts))
     if return_token_hidden:
-        out.token_hidden = list(torch.split(flat_h, counts.tolist()))
+        out.token_hidden = list(torch.split(flat_h, layout.counts))
     if return_hidden:
         hf = flat_h.float()
-        out.hidden_sum = torch.zeros(n, hf.shape[-1], device=device, dtype=hf.dtype).index_add(0, seq_idx, hf)
-        if padding_side == "left":
-            idx = torch.full((n,), attn.shape[1] - 1, device=device)
-        else:
-            idx = attn.sum(-1) - 1
-        out.last_hidden = hidden[torch.arange(n, device=device), idx].float()
+        out.hidden_sum = torch.zeros(n, hf.shape[-1], device=device, dtype=hf.dtype).index_add(0, layout.seq_index, hf)
+        out.last_hidden = last_h.float()
     return out
 
 
@@ -186,23 +290,26 @@ def score_sequences(
     *,
     pad_id: int,
     batch_size: int = 16,
-    max_tokens_per_batch: int | None = None,
     return_token_logps: bool = False,
     return_hidden: bool = False,
     progress: str | None = None,
+    share_prompts: bool = True,
 ) -> ScoreOutput:
-    """No-grad scoring of many sequences, bucketed by length so padding stays small; results in input order."""
+    """No-grad scoring of many sequences, bucketed by length so padding stays small; results in input order.
+
+    Consecutive sequences with the same prompt stay together (and share its forward, see `score_batch`);
+    `batch_size` counts sequences.
+    """
     n = len(prompt_ids)
-    order = sorted(range(n), key=lambda i: len(prompt_ids[i]) + len(response_ids[i]))
+    units = prompt_groups(prompt_ids)
+    size = {id(g): len(prompt_ids[g[0]]) + sum(len(response_ids[i]) for i in g) for g in units}
     batches: list[list[int]] = []
     cur: list[int] = []
-    for i in order:
-        length = len(prompt_ids[i]) + len(response_ids[i])
-        too_many = max_tokens_per_batch is not None and (len(cur) + 1) * length > max_tokens_per_batch
-        if cur and (len(cur) >= batch_size or too_many):
+    for g in sorted(units, key=lambda g: size[id(g)]):
+        if cur and len(cur) + len(g) > batch_size:
             batches.append(cur)
             cur = []
-        cur.append(i)
+        cur.extend(g)
     if cur:
         batches.append(cur)
     was_training = model.training
@@ -219,6 +326,7 @@ def score_sequences(
                 pad_id=pad_id,
                 return_token_logps=return_token_logps,
                 return_hidden=return_hidden,
+                share_prompts=share_prompts,
             )
             idx = torch.tensor(b)
             logps[idx] = out.logps.float().cpu()

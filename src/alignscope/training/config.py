@@ -79,6 +79,7 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     gradient_checkpointing: bool = False
+    share_prompts: bool = True  # run a pair's prompt once for chosen and rejected (same numbers, fewer tokens)
     # objectives
     loss: list[LossTerm] = field(default_factory=lambda: [LossTerm()])
     beta: float = 0.1

@@ -16,7 +16,7 @@ from alignscope.losses.ranking import plackett_luce_loss
 from alignscope.losses.reward import bt_loss
 from alignscope.losses.sft import sft_loss
 from alignscope.losses.unpaired import kto_kl_estimate, kto_loss
-from alignscope.models.scoring import pad_batch, score_batch, unwrap_model
+from alignscope.models.scoring import layout_for, score_batch, unwrap_model
 from alignscope.training.config import TrainConfig
 from alignscope.training.items import Item
 
@@ -38,7 +38,7 @@ def needs_reference(cfg: TrainConfig) -> bool:
 def _score(ctx: Context, items: list[Item], extra: list[tuple[list[int], list[int]]] = ()):
     prompts = [it.prompt_ids for it in items for _ in it.responses] + [p for p, _ in extra]
     responses = [r for it in items for r in it.responses] + [r for _, r in extra]
-    return score_batch(ctx.model, prompts, responses, pad_id=ctx.pad_id)
+    return score_batch(ctx.model, prompts, responses, pad_id=ctx.pad_id, share_prompts=ctx.cfg.share_prompts)
 
 
 def _ref(ctx: Context, idx: list[int], j: int, device) -> torch.Tensor:
@@ -92,8 +92,9 @@ def rm_objective(ctx: Context, items: list[Item], idx: list[int]):
     rm = unwrap_model(ctx.model)
     prompts = [it.prompt_ids for it in items for _ in it.responses]
     responses = [r for it in items for r in it.responses]
-    input_ids, attn, _, _ = pad_batch(prompts, responses, ctx.pad_id, device=rm.head.weight.device)
-    per_head = ctx.model(input_ids, attn, per_head=True).view(len(items), 2, -1)  # [B, 2, k]
+    lay = layout_for(rm.lm, prompts, responses, ctx.pad_id, share_prompts=ctx.cfg.share_prompts)
+    per_head = ctx.model(lay.input_ids, lay.attention_mask, per_head=True, position_ids=lay.position_ids,
+                         last_index=lay.last_index).view(len(items), 2, -1)  # [B, 2, k]
     margin = torch.tensor([it.scores[0] if it.scores else 0.0 for it in items], device=per_head.device)
     losses = bt_loss(per_head[:, 0], per_head[:, 1], margin.unsqueeze(-1), center_coef=ctx.cfg.rm_center_coef)
     loss = losses.mean()

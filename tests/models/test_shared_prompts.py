@@ -1,0 +1,127 @@
+"""Sharing a prompt's forward between its responses changes nothing but the cost.
+
+Every architecture in SHARED_PROMPT_MODEL_TYPES is checked here, with sdpa and eager attention:
+log-probs, hidden states and gradients equal one-sequence-a-row scoring.
+"""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+
+from alignscope.models.reward_model import RewardModel
+from alignscope.models.scoring import (
+    SHARED_PROMPT_MODEL_TYPES,
+    build_layout,
+    can_share_prompts,
+    layout_for,
+    prompt_groups,
+    score_batch,
+    score_sequences,
+)
+
+VOCAB = 97
+CONFIGS = {
+    "llama": LlamaConfig,
+    "mistral": MistralConfig,
+    "qwen2": Qwen2Config,
+    "qwen3": Qwen3Config,
+}
+
+
+def make_model(kind: str, attn: str, seed: int = 0):
+    cfg = CONFIGS[kind](vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, tie_word_embeddings=False)
+    cfg._attn_implementation = attn
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(cfg, attn_implementation=attn).eval()
+
+
+def groups_batch(seed: int = 0):
+    """Pairs and a triple with prompts and responses of different lengths, each response listed after its prompt."""
+    g = torch.Generator().manual_seed(seed)
+    prompts, responses = [], []
+    for k in (2, 2, 3, 1, 2):
+        p = torch.randint(1, VOCAB, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist()
+        for _ in range(k):
+            prompts.append(p)
+            responses.append(torch.randint(1, VOCAB, (int(torch.randint(1, 12, (1,), generator=g)),), generator=g).tolist())
+    return prompts, responses
+
+
+def test_every_listed_architecture_is_tested():
+    assert set(CONFIGS) == SHARED_PROMPT_MODEL_TYPES
+
+
+def test_prompt_groups_are_runs_of_equal_prompts():
+    assert prompt_groups([[1], [1], [2], [1], [1, 2], [1, 2]]) == [[0, 1], [2], [3], [4, 5]]
+
+
+def test_layout_shares_each_prompt_once():
+    lay = build_layout([[5, 6], [5, 6], [7]], [[1, 2], [3], [4, 4, 4]], pad_id=0, share_prompts=True)
+    assert lay.input_ids.tolist() == [[5, 6, 1, 2, 3], [7, 4, 4, 4, 0]]
+    assert lay.position_ids.tolist() == [[0, 1, 2, 3, 2], [0, 1, 2, 3, 0]]
+    # the first token of both responses is predicted from the prompt's last position (flat index 1)
+    assert lay.pred_index.tolist() == [1, 2, 1, 5, 6, 7]
+    assert lay.last_index.tolist() == [3, 4, 8]
+    m = lay.attention_mask[0, 0]
+    assert m[4].tolist() == [True, True, False, False, True]  # the second response does not see the first
+    assert m[3].tolist() == [True, True, True, True, False]
+    assert lay.attention_mask[1, 0, 4].tolist() == [False, False, False, False, True]  # padding sees only itself
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_shared_prompts_equal_one_sequence_a_row(kind, attn):
+    model = make_model(kind, attn)
+    prompts, responses = groups_batch()
+    assert can_share_prompts(model, 64)
+    outs = {}
+    for share in (True, False):
+        model.zero_grad()
+        out = score_batch(model, prompts, responses, pad_id=0, share_prompts=share, return_token_logps=True, return_hidden=True)
+        (out.logps * torch.arange(1.0, len(prompts) + 1)).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        outs[share] = (out, grads)
+    (a, ga), (b, gb) = outs[True], outs[False]
+    torch.testing.assert_close(a.logps, b.logps, atol=1e-5, rtol=1e-5)
+    for x, y in zip(a.token_logps, b.token_logps):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.hidden_sum, b.hidden_sum, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(a.last_hidden, b.last_hidden, atol=1e-5, rtol=1e-5)
+    assert ga.keys() == gb.keys()
+    for name in ga:
+        assert torch.isfinite(ga[name]).all()
+        torch.testing.assert_close(ga[name], gb[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_score_sequences_keeps_groups_together_and_order():
+    model = make_model("llama", "sdpa")
+    prompts, responses = groups_batch(seed=3)
+    shared = score_sequences(model, prompts, responses, pad_id=0, batch_size=3, return_hidden=True)
+    alone = score_batch(model, prompts, responses, pad_id=0, share_prompts=False, return_hidden=True)
+    torch.testing.assert_close(shared.logps, alone.logps.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared.last_hidden, alone.last_hidden.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_reward_model_scores_the_same_in_a_shared_row():
+    rm = RewardModel(make_model("llama", "sdpa"), num_heads=2).eval()
+    prompts, responses = groups_batch(seed=5)
+    lay = layout_for(rm.lm, prompts, responses, 0)
+    assert lay.attention_mask.dim() == 4
+    shared = rm(lay.input_ids, lay.attention_mask, per_head=True, position_ids=lay.position_ids, last_index=lay.last_index)
+    alone = torch.stack([rm(torch.tensor([p + r]), torch.ones(1, len(p) + len(r), dtype=torch.long), per_head=True)[0]
+                         for p, r in zip(prompts, responses)])
+    torch.testing.assert_close(shared, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_unverified_architecture_and_short_window_fall_back():
+    gpt2 = AutoModelForCausalLM.from_config(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=4, n_positions=64))
+    assert not can_share_prompts(gpt2, 10)
+    prompts, responses = groups_batch()
+    lay = layout_for(gpt2, prompts, responses, 0)
+    assert lay.attention_mask.dim() == 2 and lay.input_ids.shape[0] == len(prompts)
+    out = score_batch(gpt2, prompts, responses, pad_id=0)
+    assert torch.isfinite(out.logps).all()
+    mistral = make_model("mistral", "sdpa")
+    mistral.config.sliding_window = 8
+    assert not can_share_prompts(mistral, 9) and can_share_prompts(mistral, 8)
