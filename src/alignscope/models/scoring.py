@@ -200,12 +200,19 @@ class Scorer(nn.Module):
         super().__init__()
         self.lm = lm
 
-    def forward(self, layout: Layout, compute_logps: bool, chunk_tokens: int):
+    def forward(self, layout: Layout, compute_logps: bool, chunk_tokens: int | None):
         return _score_forward(self.lm, layout, compute_logps, chunk_tokens)
 
 
-def _score_forward(lm, layout: Layout, compute_logps: bool, chunk_tokens: int):
+def default_chunk_tokens(vocab_size: int) -> int:
+    """Rows of logits per unembedding chunk. Measured on CPU (fp32, forward + backward): with an 8k
+    vocabulary 256-512 rows beat 2048 by 15-20% (the chunk stays in cache); with 49k, 2048 is best."""
+    return 512 if vocab_size <= 16384 else 2048
+
+
+def _score_forward(lm, layout: Layout, compute_logps: bool, chunk_tokens: int | None):
     body, head = body_and_head(lm)
+    chunk_tokens = chunk_tokens or default_chunk_tokens(head.weight.shape[0])
     hidden = body(input_ids=layout.input_ids, attention_mask=layout.attention_mask, position_ids=layout.position_ids,
                   use_cache=False).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1])
@@ -245,7 +252,7 @@ def score_batch(
     return_hidden: bool = False,
     return_token_hidden: bool = False,
     compute_logps: bool = True,
-    chunk_tokens: int = 2048,
+    chunk_tokens: int | None = None,
     share_prompts: bool = True,
 ) -> ScoreOutput:
     """Score a batch; differentiable when called under grad (training), cheap under no_grad.
