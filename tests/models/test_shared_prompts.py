@@ -4,15 +4,19 @@ Every architecture in SHARED_PROMPT_MODEL_TYPES is checked here, with sdpa and e
 log-probs, hidden states and gradients equal one-sequence-a-row scoring.
 """
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
+from alignscope.models import scoring
 from alignscope.models.reward_model import RewardModel
 from alignscope.models.scoring import (
     SHARED_PROMPT_MODEL_TYPES,
     build_layout,
     can_share_prompts,
+    sharing_pays,
     layout_for,
     prompt_groups,
     score_batch,
@@ -26,6 +30,12 @@ CONFIGS = {
     "qwen2": Qwen2Config,
     "qwen3": Qwen3Config,
 }
+
+
+@pytest.fixture(autouse=True)
+def always_share(monkeypatch):
+    """The tiny test models are so narrow that sharing rarely pays (see `sharing_pays`); share anyway."""
+    monkeypatch.setattr(scoring, "sharing_pays", lambda *a: True)
 
 
 def make_model(kind: str, attn: str, seed: int = 0):
@@ -75,6 +85,7 @@ def test_shared_prompts_equal_one_sequence_a_row(kind, attn):
     model = make_model(kind, attn)
     prompts, responses = groups_batch()
     assert can_share_prompts(model, 64)
+    assert layout_for(model, prompts, responses, 0).attention_mask.dim() == 4
     outs = {}
     for share in (True, False):
         model.zero_grad()
@@ -125,3 +136,17 @@ def test_unverified_architecture_and_short_window_fall_back():
     mistral = make_model("mistral", "sdpa")
     mistral.config.sliding_window = 8
     assert not can_share_prompts(mistral, 9) and can_share_prompts(mistral, 8)
+
+
+def test_sharing_is_skipped_when_longer_rows_cost_more(monkeypatch):
+    bench_8m = SimpleNamespace(hidden_size=256, intermediate_size=768)  # benchmarks/workloads.py, scale 8m
+    pairs = [[0, 1], [2, 3]]
+    short = ([[1] * 33] * 2 + [[4] * 30] * 2, [[2] * 65, [3] * 60, [2] * 70, [3] * 64])
+    long = ([[1] * 33] * 2 + [[4] * 30] * 2, [[2] * 517, [3] * 500, [2] * 530, [3] * 490])
+    assert sharing_pays(bench_8m, *short, pairs)
+    assert not sharing_pays(bench_8m, *long, pairs)
+    model = make_model("llama", "sdpa")
+    monkeypatch.setattr(scoring, "sharing_pays", lambda *a: False)
+    assert layout_for(model, *short, 0).attention_mask.dim() == 2
+    monkeypatch.setattr(scoring, "sharing_pays", lambda *a: True)
+    assert layout_for(model, *short, 0).attention_mask.dim() == 4

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from alignscope.atomic import write_text
     from alignscope.data import load_data
     from alignscope.diagnostics.compare_rm import compare_reward_models, format_comparison, implicit_rewards
     from alignscope.models.loading import load_model_and_tokenizer
@@ -39,5 +39,5 @@ def run(args: argparse.Namespace) -> int:
     rows = compare_reward_models(rewards, sets)
     print(format_comparison(rows))
     if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=1))
+        write_text(args.out, json.dumps(rows, indent=1))
     return 0

@@ -56,6 +56,7 @@ def _sample(args):
 
 
 def run_select(args: argparse.Namespace) -> int:
+    from alignscope.atomic import write_text
     from alignscope.diagnostics.data_audit import write_jsonl
     from alignscope.diagnostics.variance import per_prompt_variance
     from alignscope.errors import ConfigError
@@ -68,7 +69,7 @@ def run_select(args: argparse.Namespace) -> int:
     order = sorted(range(len(prompts)), key=lambda i: -var[i])[:k]
     out = Path(args.out)
     write_jsonl([{"prompt": prompts[i], "reward_variance": float(var[i])} for i in sorted(order)], out)
-    out.with_suffix(".variances.json").write_text(json.dumps([float(v) for v in var]))
+    write_text(out.with_suffix(".variances.json"), json.dumps([float(v) for v in var]))
     zero = int((var <= 1e-12).sum())
     print(f"{len(prompts)} prompts x {args.n} samples: mean reward variance {var.mean():.4g}, {zero} with zero variance")
     print(f"kept {k} prompts with the highest variance (threshold {var[order[-1]]:.4g}) -> {out}")

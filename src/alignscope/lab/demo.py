@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 
+from alignscope.atomic import write_text
 from alignscope.config import build_config
 from alignscope.diagnostics.data_audit import audit_pairs, dataset_findings, write_table
 from alignscope.diagnostics.ches import ches_filter
@@ -139,7 +140,7 @@ def run_demo(out: str | Path = "runs/demo", size: str = "tiny", seed: int = 0, q
 
     summary["report"] = str(build_report(out))
     summary["seconds"] = round(time.time() - t0, 1)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
     log(format_summary(summary))
     return summary
 

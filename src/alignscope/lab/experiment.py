@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from alignscope.atomic import write_text
+
 
 def parse_args(doc: str, name: str, add: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
     """`--out --seed --quick --threads` (plus what `add` declares); sets the torch thread count.
@@ -60,7 +62,7 @@ def save_figure(fig, path: Path) -> None:
 def finish(out: Path, result: dict[str, Any], plot: Callable[[dict, Path], None], plot_name: str,
            table: Callable[[dict], str], log: Callable[..., None] = print) -> dict[str, Any]:
     """Write results.json, draw the plot, print the table; return the results."""
-    (out / "results.json").write_text(json.dumps(result, indent=1, default=float))
+    write_text(out / "results.json", json.dumps(result, indent=1, default=float))
     plot(result, out / plot_name)
     log(table(result))
     return result

@@ -228,13 +228,34 @@ def _score_forward(lm, layout: Layout, compute_logps: bool, chunk_tokens: int | 
     return torch.cat(parts), flat_h, hidden[layout.last_index]
 
 
+def sharing_pays(config, prompt_ids: list[list[int]], response_ids: list[list[int]], groups: list[list[int]]) -> bool:
+    """Whether one row per prompt group costs fewer FLOPs than one row per sequence.
+
+    Sharing drops the repeated prompt tokens but lengthens the rows, and attention under a custom
+    mask costs rows x T^2 (no block is skipped): with a short prompt and long responses (33 + 2 x 517
+    tokens in the benchmark's `long` scale) the longer rows cost more than the prompt tokens saved.
+    """
+    d = config.hidden_size
+    ff = getattr(config, "intermediate_size", None) or 4 * d
+    per_token = 8 * d * d + 6 * d * ff  # q, k, v, o and the gated MLP, 2 FLOPs a multiply-add
+    per_pair = 4 * d  # QK^T and AV for one query-key pair
+
+    def cost(lengths: list[int]) -> int:
+        t = max(lengths)
+        return len(lengths) * t * (per_token + per_pair * t)
+
+    shared = [len(prompt_ids[g[0]]) + sum(len(response_ids[i]) for i in g) for g in groups]
+    return cost(shared) < cost([len(p) + len(r) for p, r in zip(prompt_ids, response_ids)])
+
+
 def layout_for(lm: nn.Module, prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int, *,
                padding_side: str = "right", share_prompts: bool = True) -> Layout:
-    """`build_layout` on `lm`'s device, sharing prompts when asked for and the model supports it."""
+    """`build_layout` on `lm`'s device, sharing prompts when asked for, the model supports it and it saves work."""
     groups = prompt_groups(prompt_ids) if share_prompts else []
     longest = max((len(prompt_ids[g[0]]) + sum(len(response_ids[i]) for i in g) for g in groups), default=0)
-    share = share_prompts and any(len(g) > 1 for g in groups) and can_share_prompts(lm, longest)
     config = unwrap_model(lm).config
+    share = (share_prompts and any(len(g) > 1 for g in groups) and can_share_prompts(lm, longest)
+             and sharing_pays(config, prompt_ids, response_ids, groups))
     dtype = None if getattr(config, "_attn_implementation", None) == "sdpa" else next(lm.parameters()).dtype
     device = body_and_head(lm)[1].weight.device
     return build_layout(prompt_ids, response_ids, pad_id, padding_side=padding_side, share_prompts=share,

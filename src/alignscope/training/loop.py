@@ -8,6 +8,7 @@ with evaluation, the displacement monitor, metrics, NaN guards and atomic checkp
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -22,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from alignscope.atomic import atomic_path
+from alignscope.atomic import atomic_path, write_text
 from alignscope.diagnostics.displacement import mass_gainers
 from alignscope.errors import ConfigError, TrainingError
 from alignscope.models.scoring import Scorer, body_and_head, check_context, pad_token_id, score_sequences
@@ -114,15 +115,37 @@ def compute_reference_logps(cfg: TrainConfig, ref_model, items: list[Item], pad_
     return out
 
 
-def step_batches(n_items: int, step: int, steps_per_epoch: int, global_batch: int, seed: int, shuffle: bool) -> list[int]:
-    """Item indices of optimizer step `step`: a seeded permutation per epoch, so resuming is exact."""
+def step_batches(n_items: int, step: int, steps_per_epoch: int, global_batch: int, seed: int, shuffle: bool,
+                 lengths: tuple[int, ...] | None = None) -> list[int]:
+    """Item indices of optimizer step `step`: a seeded order per epoch, so resuming is exact.
+
+    With `lengths` (group_by_length), batches hold items of similar length, so little of each batch
+    is padding; the batches themselves still come in a random order.
+    """
     epoch, k = divmod(step, steps_per_epoch)
+    order = _epoch_order(n_items, epoch, steps_per_epoch, global_batch, seed, shuffle, lengths)
+    return order[k * global_batch : (k + 1) * global_batch]
+
+
+LENGTH_WINDOW_BATCHES = 64  # group_by_length sorts windows of this many global batches (as Hugging Face's sampler does)
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n_items: int, epoch: int, steps_per_epoch: int, global_batch: int, seed: int, shuffle: bool,
+                 lengths: tuple[int, ...] | None) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 1000003 + epoch)
+    perm = torch.randperm(n_items, generator=g).tolist() if shuffle else list(range(n_items))
+    if lengths is None:
+        return perm
+    perm = perm[: steps_per_epoch * global_batch]
+    window = LENGTH_WINDOW_BATCHES * global_batch
+    batches = []
+    for w in range(0, len(perm), window):
+        ranked = sorted(perm[w : w + window], key=lambda i: -lengths[i])
+        batches += [ranked[b : b + global_batch] for b in range(0, len(ranked), global_batch)]
     if shuffle:
-        g = torch.Generator().manual_seed(seed * 1000003 + epoch)
-        perm = torch.randperm(n_items, generator=g).tolist()
-    else:
-        perm = list(range(n_items))
-    return perm[k * global_batch : (k + 1) * global_batch]
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+    return [i for b in batches for i in b]
 
 
 def evaluate(model, eval_items: list[Item], ref: dict[int, list[float]] | None, pad_id: int, beta: float, batch_size: int) -> dict[str, Any]:
@@ -293,7 +316,7 @@ def train(
     start_step, skipped = 0, 0
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
+        write_text(out_dir / "config.json", json.dumps(asdict(cfg), indent=1, default=str))
     if resume:
         found = ckpt.load_latest(out_dir, log=say)
         if found is None:
@@ -320,17 +343,19 @@ def train(
             start_probs = eval_start.pop("first_token_probs", None)
             if start_probs is not None:
                 save_file({"probs": start_probs}, str(probs_file))
-            start_file.write_text(json.dumps(eval_start))
+            write_text(start_file, json.dumps(eval_start))
             metrics_log.eval_point(0, eval_start, eval_start)
 
     # --- the loop
     shuffle = not (cfg.method == "rank" and cfg.rank_objective == "curry")
+    # curry keeps its easy-to-hard order, so it is never regrouped
+    lengths = tuple(len(it.prompt_ids) + sum(map(len, it.responses)) for it in items) if cfg.group_by_length and shuffle else None
     rank = accelerator.process_index
     bar = tqdm(total=total_steps, initial=start_step, desc=f"train {cfg.method}", disable=not (cfg.progress and is_main), unit="step")
     trained.train()
     t0 = time.time()
     for step in range(start_step, total_steps):
-        idx_global = step_batches(len(items), step, steps_per_epoch, global_batch, cfg.seed, shuffle)
+        idx_global = step_batches(len(items), step, steps_per_epoch, global_batch, cfg.seed, shuffle, lengths)
         sums: dict[str, float] = {}
         optimizer.zero_grad(set_to_none=True)
         for m in range(cfg.grad_accum):

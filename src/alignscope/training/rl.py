@@ -130,7 +130,7 @@ def train_rl(
     if gold_fn is None and cfg.gold:
         gold_fn = load_reward_source(cfg.gold)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1, default=str))
+    write_text(out_dir / "config.json", json.dumps(asdict(cfg), indent=1, default=str))
     pad_id = pad_token_id(tokenizer)
     scorer = Scorer(model)
     value_head = None
