@@ -4,6 +4,8 @@ Training, CHES, implicit rewards and evaluation all call `score_batch` (with or 
 or `score_sequences` (no grad, length-bucketed). It runs the transformer body once, gathers the
 hidden states at the |y| positions that predict response tokens, and applies the unembedding
 only there (in chunks), so no full-vocabulary logits are ever built for prompt positions.
+Responses of one prompt can share a row behind a single copy of it (`build_layout`), so the
+prompt is run once per pair or group instead of once per response.
 """
 
 from __future__ import annotations
