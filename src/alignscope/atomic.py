@@ -3,7 +3,8 @@
 Every result file a user reads or a later command loads (audit tables and filtered datasets,
 rejects, reports, the reference log-prob cache, RM-audit, comparison and over-optimisation
 results, run configs, lab summaries) goes through here: a kill mid-write leaves only a hidden
-temporary file, removed on any error, so no partial output is mistaken for a result. Checkpoints have their own folder-level rename (`training/checkpoint.py`).
+temporary file, removed on any error, so no partial output is mistaken for a result.
+Checkpoints have their own folder-level rename (`training/checkpoint.py`).
 """
 
 from __future__ import annotations

@@ -67,7 +67,8 @@ def test_prompt_groups_are_runs_of_equal_prompts():
 
 
 def test_layout_shares_each_prompt_once():
-    lay = build_layout([[5, 6], [5, 6], [7]], [[1, 2], [3], [4, 4, 4]], pad_id=0, share_prompts=True)
+    prompts = [[5, 6], [5, 6], [7]]
+    lay = build_layout(prompts, [[1, 2], [3], [4, 4, 4]], pad_id=0, groups=prompt_groups(prompts))
     assert lay.input_ids.tolist() == [[5, 6, 1, 2, 3], [7, 4, 4, 4, 0]]
     assert lay.position_ids.tolist() == [[0, 1, 2, 3, 2], [0, 1, 2, 3, 0]]
     # the first token of both responses is predicted from the prompt's last position (flat index 1)

@@ -125,28 +125,32 @@ def prompt_groups(prompt_ids: list[list[int]]) -> list[list[int]]:
     return groups
 
 
+def group_length(prompt_ids: list[list[int]], response_ids: list[list[int]], group: list[int]) -> int:
+    """Tokens of one shared row: the group's prompt once, then every response."""
+    return len(prompt_ids[group[0]]) + sum(len(response_ids[i]) for i in group)
+
+
 def build_layout(
     prompt_ids: list[list[int]],
     response_ids: list[list[int]],
     pad_id: int,
     *,
     padding_side: str = "right",
-    share_prompts: bool = False,
+    groups: list[list[int]] | None = None,
     mask_dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
 ) -> Layout:
-    """The model input for a batch: one sequence a row, or (share_prompts) one prompt group a row.
+    """The model input for a batch: one sequence a row, or one row per prompt group (`groups`, from `prompt_groups`).
 
     With shared prompts each prompt is run once for all its responses, which cuts the tokens of a
     DPO pair by |x| / (2|x| + |y_w| + |y_l|). `mask_dtype` None gives a boolean 4D mask (sdpa);
     a float dtype gives an additive one (eager attention).
     """
     n = len(prompt_ids)
-    groups = prompt_groups(prompt_ids) if share_prompts else [[i] for i in range(n)]
-    shared = any(len(g) > 1 for g in groups)
+    shared = groups is not None and any(len(g) > 1 for g in groups)
     if not shared:
         groups = [[i] for i in range(n)]
-    lengths = [len(prompt_ids[g[0]]) + sum(len(response_ids[i]) for i in g) for g in groups]
+    lengths = [group_length(prompt_ids, response_ids, g) for g in groups]
     rows, t = len(groups), max(lengths)
     input_ids = torch.full((rows, t), pad_id, dtype=torch.long)
     attn = torch.zeros((rows, t), dtype=torch.long)
@@ -246,7 +250,7 @@ def sharing_pays(config, prompt_ids: list[list[int]], response_ids: list[list[in
         t = max(lengths)
         return len(lengths) * t * (per_token + per_pair * t)
 
-    shared = [len(prompt_ids[g[0]]) + sum(len(response_ids[i]) for i in g) for g in groups]
+    shared = [group_length(prompt_ids, response_ids, g) for g in groups]
     return cost(shared) < cost([len(p) + len(r) for p, r in zip(prompt_ids, response_ids)])
 
 
@@ -254,13 +258,13 @@ def layout_for(lm: nn.Module, prompt_ids: list[list[int]], response_ids: list[li
                padding_side: str = "right", share_prompts: bool = True) -> Layout:
     """`build_layout` on `lm`'s device, sharing prompts when asked for, the model supports it and it saves work."""
     groups = prompt_groups(prompt_ids) if share_prompts else []
-    longest = max((len(prompt_ids[g[0]]) + sum(len(response_ids[i]) for i in g) for g in groups), default=0)
+    longest = max((group_length(prompt_ids, response_ids, g) for g in groups), default=0)
     config = unwrap_model(lm).config
-    share = (share_prompts and any(len(g) > 1 for g in groups) and can_share_prompts(lm, longest)
+    share = (any(len(g) > 1 for g in groups) and can_share_prompts(lm, longest)
              and sharing_pays(config, prompt_ids, response_ids, groups))
     dtype = None if getattr(config, "_attn_implementation", None) == "sdpa" else next(lm.parameters()).dtype
     device = body_and_head(lm)[1].weight.device
-    return build_layout(prompt_ids, response_ids, pad_id, padding_side=padding_side, share_prompts=share,
+    return build_layout(prompt_ids, response_ids, pad_id, padding_side=padding_side, groups=groups if share else None,
                         mask_dtype=dtype, device=device)
 
 
@@ -332,10 +336,9 @@ def score_sequences(
     """
     n = len(prompt_ids)
     units = prompt_groups(prompt_ids)
-    size = {id(g): len(prompt_ids[g[0]]) + sum(len(response_ids[i]) for i in g) for g in units}
     batches: list[list[int]] = []
     cur: list[int] = []
-    for g in sorted(units, key=lambda g: size[id(g)]):
+    for g in sorted(units, key=lambda g: group_length(prompt_ids, response_ids, g)):
         if cur and len(cur) + len(g) > batch_size:
             batches.append(cur)
             cur = []
