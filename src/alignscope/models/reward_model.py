@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from alignscope.errors import ModelError
-from alignscope.models.scoring import body_and_head
+from alignscope.models.scoring import Layout, body_and_head, run_body
 
 AGGREGATES = ("mean", "min", "mean_minus_std")
 
@@ -49,21 +49,22 @@ class RewardModel(nn.Module):
             return per_head.min(-1).values
         return per_head.mean(-1) - self.k_std * per_head.std(-1)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, per_head: bool = False,
-                position_ids: torch.Tensor | None = None, last_index: torch.Tensor | None = None) -> torch.Tensor:
-        """[B] rewards (or [B, k] per head) of right- or left-padded full sequences.
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, per_head: bool = False,
+                layout: Layout | None = None) -> torch.Tensor:
+        """[B] rewards (or [B, k] per head) of right- or left-padded full sequences, or of a `Layout`'s sequences.
 
-        Training passes a `Layout` (`models.scoring.build_layout`): its position ids and the flat
-        `last_index` of each sequence, so chosen and rejected can share one row behind their prompt.
+        Training passes a `Layout` (`models.scoring.layout_for`), so chosen and rejected share their
+        prompt's forward and the batch can run without padding; the reward is read at each `last_index`.
         """
         body, _ = body_and_head(self.lm)
-        pos = (attention_mask.cumsum(-1) - 1).clamp(min=0) if position_ids is None else position_ids
-        hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=False).last_hidden_state
-        if last_index is None:
+        if layout is not None:
+            hidden = run_body(body, layout)
+            h = hidden.reshape(-1, hidden.shape[-1])[layout.last_index]
+        else:
+            pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+            hidden = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, use_cache=False).last_hidden_state
             last = torch.where(attention_mask[:, -1].bool(), attention_mask.shape[1] - 1, attention_mask.sum(-1) - 1)
             h = hidden[torch.arange(len(last), device=hidden.device), last]
-        else:
-            h = hidden.reshape(-1, hidden.shape[-1])[last_index]
         heads = self.head(h.to(self.head.weight.dtype))
         return heads if per_head else self.aggregate_heads(heads)
 

@@ -5,7 +5,8 @@ or `score_sequences` (no grad, length-bucketed). It runs the transformer body on
 hidden states at the |y| positions that predict response tokens, and applies the unembedding
 only there (in chunks), so no full-vocabulary logits are ever built for prompt positions.
 Responses of one prompt can share a row behind a single copy of it (`build_layout`), so the
-prompt is run once per pair or group instead of once per response.
+prompt is run once per pair or group instead of once per response; with sdpa attention the whole
+batch is one row of real tokens and no padding (`build_packed_layout`, `models.attention`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from alignscope.errors import ModelError
+from alignscope.models.attention import PackedPlan, check_plan_ran, register_packed_attention
 
 
 @dataclass
@@ -112,6 +114,19 @@ class Layout:
     last_index: torch.Tensor  # [N] position of each sequence's last token
     seq_index: torch.Tensor  # [sum |y|] which sequence each predicted token belongs to
     counts: list[int]  # |y| per sequence
+    plan: PackedPlan | None = None  # set for a padding-free row: which keys each sequence attends to
+
+
+def run_body(body: nn.Module, layout: Layout) -> torch.Tensor:
+    """The transformer body's final hidden states for a layout, [rows, T, d]."""
+    if layout.plan is None:
+        return body(input_ids=layout.input_ids, attention_mask=layout.attention_mask, position_ids=layout.position_ids,
+                    use_cache=False).last_hidden_state
+    layout.plan.calls = 0
+    hidden = body(input_ids=layout.input_ids, attention_mask=layout.attention_mask, position_ids=layout.position_ids,
+                  use_cache=False, alignscope_plan=layout.plan).last_hidden_state
+    check_plan_ran(layout.plan, body.config.num_hidden_layers)
+    return hidden
 
 
 def prompt_groups(prompt_ids: list[list[int]]) -> list[list[int]]:
@@ -128,6 +143,69 @@ def prompt_groups(prompt_ids: list[list[int]]) -> list[list[int]]:
 def group_length(prompt_ids: list[list[int]], response_ids: list[list[int]], group: list[int]) -> int:
     """Tokens of one shared row: the group's prompt once, then every response."""
     return len(prompt_ids[group[0]]) + sum(len(response_ids[i]) for i in group)
+
+
+def can_pack(model: nn.Module, longest_group: int) -> bool:
+    """Whether `model` can score a batch padding-free: a verified architecture with sdpa attention whose
+    sliding window (if any) covers every group, since the packed attention applies no window."""
+    config = getattr(unwrap_model(model), "config", None)
+    if config is None or getattr(config, "model_type", None) not in SHARED_PROMPT_MODEL_TYPES:
+        return False
+    if getattr(config, "_attn_implementation", None) != "sdpa":
+        return False
+    window = getattr(config, "sliding_window", None)
+    return not (isinstance(window, int) and longest_group > window) and register_packed_attention()
+
+
+def build_packed_layout(prompt_ids: list[list[int]], response_ids: list[list[int]], groups: list[list[int]],
+                        device: torch.device | str = "cpu") -> Layout:
+    """The whole batch as one row of real tokens: each group is [prompt, r1, r2, ...], no padding.
+
+    Every response attends to its group's prompt and itself (`PackedPlan`); position ids restart
+    per sequence, so every number equals scoring each sequence in a row of its own.
+    """
+    n = len(prompt_ids)
+    ids: list[int] = []
+    pos: list[int] = []
+    pred: list[list[int]] = [[] for _ in range(n)]
+    last = [0] * n
+    lengths: list[int] = []
+    spans: list[tuple[int, int, torch.Tensor | None]] = []
+    masks: dict[tuple[int, int], torch.Tensor] = {}
+    for g in groups:
+        p = prompt_ids[g[0]]
+        start, head = len(ids), len(spans)
+        ids.extend(p)
+        pos.extend(range(len(p)))
+        for k, i in enumerate(g):
+            r = response_ids[i]
+            o, m = len(ids), len(r)
+            ids.extend(r)
+            pos.extend(range(len(p), len(p) + m))
+            pred[i] = [start + len(p) - 1, *range(o, o + m - 1)]
+            last[i] = o + m - 1
+            if k == 0:
+                lengths.append(len(p) + m)
+                spans.append((head, 0, None))
+            else:
+                if (m, len(p)) not in masks:
+                    masks[(m, len(p))] = torch.ones(m, len(p) + m, dtype=torch.bool, device=device).tril(len(p))
+                lengths.append(m)
+                spans.append((head, len(p), masks[(m, len(p))]))
+    counts = [len(r) for r in response_ids]
+    return Layout(
+        input_ids=torch.tensor([ids], dtype=torch.long, device=device),
+        # A 4D placeholder: transformers passes a 4D mask through untouched instead of building a [T, T] one,
+        # and any attention that ignored the plan would fail on its shape instead of mixing sequences.
+        attention_mask=torch.ones((1, 1, 1, 0), dtype=torch.bool, device=device),
+        position_ids=torch.tensor([pos], dtype=torch.long, device=device),
+        pred_index=torch.tensor([x for q in pred for x in q], dtype=torch.long, device=device),
+        targets=torch.tensor([x for r in response_ids for x in r], dtype=torch.long, device=device),
+        last_index=torch.tensor(last, dtype=torch.long, device=device),
+        seq_index=torch.repeat_interleave(torch.arange(n), torch.tensor(counts)).to(device),
+        counts=counts,
+        plan=PackedPlan(lengths, spans),
+    )
 
 
 def build_layout(
@@ -219,8 +297,7 @@ def default_chunk_tokens(vocab_size: int) -> int:
 def _score_forward(lm, layout: Layout, compute_logps: bool, chunk_tokens: int | None):
     body, head = body_and_head(lm)
     chunk_tokens = chunk_tokens or default_chunk_tokens(head.weight.shape[0])
-    hidden = body(input_ids=layout.input_ids, attention_mask=layout.attention_mask, position_ids=layout.position_ids,
-                  use_cache=False).last_hidden_state
+    hidden = run_body(body, layout)
     hidden = hidden.reshape(-1, hidden.shape[-1])
     flat_h = hidden[layout.pred_index]
     targets = layout.targets
@@ -255,15 +332,18 @@ def sharing_pays(config, prompt_ids: list[list[int]], response_ids: list[list[in
 
 
 def layout_for(lm: nn.Module, prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int, *,
-               padding_side: str = "right", share_prompts: bool = True) -> Layout:
-    """`build_layout` on `lm`'s device, sharing prompts when asked for, the model supports it and it saves work."""
-    groups = prompt_groups(prompt_ids) if share_prompts else []
+               padding_side: str = "right", share_prompts: bool = True, padding_free: bool = True) -> Layout:
+    """The cheapest exact layout on `lm`'s device: padding-free when asked for and the model supports it
+    (`can_pack`), else padded rows that share prompts when asked for, supported and cheaper (`sharing_pays`)."""
+    groups = prompt_groups(prompt_ids) if share_prompts else [[i] for i in range(len(prompt_ids))]
     longest = max((group_length(prompt_ids, response_ids, g) for g in groups), default=0)
+    device = body_and_head(lm)[1].weight.device
+    if padding_free and can_pack(lm, longest):
+        return build_packed_layout(prompt_ids, response_ids, groups, device)
     config = unwrap_model(lm).config
     share = (any(len(g) > 1 for g in groups) and can_share_prompts(lm, longest)
              and sharing_pays(config, prompt_ids, response_ids, groups))
     dtype = None if getattr(config, "_attn_implementation", None) == "sdpa" else next(lm.parameters()).dtype
-    device = body_and_head(lm)[1].weight.device
     return build_layout(prompt_ids, response_ids, pad_id, padding_side=padding_side, groups=groups if share else None,
                         mask_dtype=dtype, device=device)
 
@@ -281,12 +361,14 @@ def score_batch(
     compute_logps: bool = True,
     chunk_tokens: int | None = None,
     share_prompts: bool = True,
+    padding_free: bool = True,
 ) -> ScoreOutput:
     """Score a batch; differentiable when called under grad (training), cheap under no_grad.
 
     `model` is a causal LM or a (possibly wrapped) `Scorer`. `compute_logps=False` skips the
     unembedding. Consecutive sequences with the same prompt share one forward of it when
-    `share_prompts` and the model allow (see `can_share_prompts`); results are the same either way.
+    `share_prompts` and the model allow (see `can_share_prompts`), and the batch is one row without
+    padding when `padding_free` and the model allow (`can_pack`); results are the same either way.
     Every response must be non-empty and every prompt must have at least one token (the first
     response token needs a position that predicts it).
     """
@@ -297,7 +379,8 @@ def score_batch(
     inner = model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
     lm = inner.lm if isinstance(inner, Scorer) else model
     check_context(lm, max((len(p) + len(r) for p, r in zip(prompt_ids, response_ids)), default=0))
-    layout = layout_for(lm, prompt_ids, response_ids, pad_id, padding_side=padding_side, share_prompts=share_prompts)
+    layout = layout_for(lm, prompt_ids, response_ids, pad_id, padding_side=padding_side, share_prompts=share_prompts,
+                        padding_free=padding_free)
     if isinstance(inner, Scorer):
         tok_lp, flat_h, last_h = model(layout, compute_logps, chunk_tokens)
     else:
@@ -328,6 +411,7 @@ def score_sequences(
     return_hidden: bool = False,
     progress: str | None = None,
     share_prompts: bool = True,
+    padding_free: bool = True,
 ) -> ScoreOutput:
     """No-grad scoring of many sequences, bucketed by length so padding stays small; results in input order.
 
@@ -360,6 +444,7 @@ def score_sequences(
                 return_token_logps=return_token_logps,
                 return_hidden=return_hidden,
                 share_prompts=share_prompts,
+                padding_free=padding_free,
             )
             idx = torch.tensor(b)
             logps[idx] = out.logps.float().cpu()

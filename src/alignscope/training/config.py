@@ -80,6 +80,7 @@ class TrainConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     gradient_checkpointing: bool = False
     share_prompts: bool = True  # run a pair's prompt once for chosen and rejected (same numbers, fewer tokens)
+    padding_free: bool = True  # a batch as one row of real tokens with per-sequence attention (sdpa; same numbers)
     group_by_length: bool = False  # batches of similar-length items (less padding; batch order stays random)
     # objectives
     loss: list[LossTerm] = field(default_factory=lambda: [LossTerm()])

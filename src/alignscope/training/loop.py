@@ -104,6 +104,7 @@ def compute_reference_logps(cfg: TrainConfig, ref_model, items: list[Item], pad_
         flat = score_sequences(
             ref_model, [p for p, _ in seqs], [r for _, r in seqs], pad_id=pad_id, batch_size=max(cfg.batch_size, 8),
             progress="reference log-probs" if cfg.progress else None, share_prompts=cfg.share_prompts,
+            padding_free=cfg.padding_free,
         ).logps
         with atomic_path(path) as tmp:
             save_file({"logps": flat.contiguous()}, str(tmp))

@@ -38,7 +38,8 @@ def needs_reference(cfg: TrainConfig) -> bool:
 def _score(ctx: Context, items: list[Item], extra: list[tuple[list[int], list[int]]] = ()):
     prompts = [it.prompt_ids for it in items for _ in it.responses] + [p for p, _ in extra]
     responses = [r for it in items for r in it.responses] + [r for _, r in extra]
-    return score_batch(ctx.model, prompts, responses, pad_id=ctx.pad_id, share_prompts=ctx.cfg.share_prompts)
+    return score_batch(ctx.model, prompts, responses, pad_id=ctx.pad_id, share_prompts=ctx.cfg.share_prompts,
+                       padding_free=ctx.cfg.padding_free)
 
 
 def _ref(ctx: Context, idx: list[int], j: int, device) -> torch.Tensor:
@@ -92,9 +93,9 @@ def rm_objective(ctx: Context, items: list[Item], idx: list[int]):
     rm = unwrap_model(ctx.model)
     prompts = [it.prompt_ids for it in items for _ in it.responses]
     responses = [r for it in items for r in it.responses]
-    lay = layout_for(rm.lm, prompts, responses, ctx.pad_id, share_prompts=ctx.cfg.share_prompts)
-    per_head = ctx.model(lay.input_ids, lay.attention_mask, per_head=True, position_ids=lay.position_ids,
-                         last_index=lay.last_index).view(len(items), 2, -1)  # [B, 2, k]
+    lay = layout_for(rm.lm, prompts, responses, ctx.pad_id, share_prompts=ctx.cfg.share_prompts,
+                     padding_free=ctx.cfg.padding_free)
+    per_head = ctx.model(per_head=True, layout=lay).view(len(items), 2, -1)  # [B, 2, k]
     margin = torch.tensor([it.scores[0] if it.scores else 0.0 for it in items], device=per_head.device)
     losses = bt_loss(per_head[:, 0], per_head[:, 1], margin.unsqueeze(-1), center_coef=ctx.cfg.rm_center_coef)
     loss = losses.mean()
