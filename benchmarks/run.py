@@ -169,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="all: the 8.4M table plus the 30M and 512-token-response rows")
     ap.add_argument("--reps", type=int, default=1, help="repetitions per measurement (median reported)")
     ap.add_argument("--pairs", type=int, default=None, help="use only the first N pairs (shrinks the workload; say so)")
-    ap.add_argument("--scale-pairs", type=int, default=128,
-                    help="with --scale all: --pairs for the 30m and long rows (128 keeps `make bench` near 30 minutes on 2 cores)")
+    ap.add_argument("--scale-pairs", type=int, default=96,
+                    help="with --scale all: --pairs for the 30m and long rows (96 keeps `make bench` under 30 minutes on 2 cores)")
     ap.add_argument("--tools", default="alignscope,trl,forward,hf", help="comma-separated sides to run")
     ap.add_argument("--tasks", default="dpo,rm,sft,ches,gen", help="comma-separated rows to run (by alignscope's task)")
     ap.add_argument("--root", default=str(Path.home() / ".cache" / "alignscope" / "bench"), help="where models and data are built")
