@@ -91,5 +91,5 @@ def check_plan_ran(plan: PackedPlan, n_layers: int) -> None:
         raise ModelError(
             f"padding-free attention ran in {plan.calls} of the model's {n_layers} layers (another 'sdpa' attention "
             "function may be registered, or this architecture bypasses transformers' attention registry)",
-            "set padding_free=false to score with padded batches instead",
+            "set padding_free=false (train and rl option; padding_free=False in the scoring functions) to score padded batches",
         )

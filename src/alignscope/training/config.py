@@ -171,6 +171,7 @@ class RLConfig:
     variance_threshold: float = 1e-6
     max_refill_rounds: int = 4
     reward_standardize: bool = False
+    padding_free: bool = True  # score a group's completions as one row of real tokens (sdpa; same numbers)
     seed: int = 0
     save_steps: int | None = None
     keep_last: int = 2

@@ -211,12 +211,14 @@ def train_rl(
             if cfg.reward_standardize:
                 scores = (scores - scores.mean()) / (scores.std() + 1e-8)
             with torch.no_grad():
-                ref_out = score_batch(reference, p_ids, r_ids, pad_id=pad_id, return_token_logps=True)
+                ref_out = score_batch(reference, p_ids, r_ids, pad_id=pad_id, return_token_logps=True,
+                                      padding_free=cfg.padding_free)
             ref_tok, mask = _pad(ref_out.token_logps)
             model.train()
             old_tok = old_values = adv = returns = None
             for epoch in range(cfg.ppo_epochs if cfg.algorithm == "ppo" else 1):
-                out = score_batch(scorer, p_ids, r_ids, pad_id=pad_id, return_token_logps=True, return_token_hidden=cfg.algorithm == "ppo")
+                out = score_batch(scorer, p_ids, r_ids, pad_id=pad_id, return_token_logps=True, return_token_hidden=cfg.algorithm == "ppo",
+                                  padding_free=cfg.padding_free)
                 tok = torch.nn.utils.rnn.pad_sequence(out.token_logps, batch_first=True)
                 values = None
                 if cfg.algorithm == "ppo":
