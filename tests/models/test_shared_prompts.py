@@ -127,7 +127,7 @@ def test_padding_free_equals_padded_rows(kind, share):
     assert_same_scores(*packed, *padded)
 
 
-def test_padding_free_with_gradient_checkpointing_and_dropout_off():
+def test_padding_free_with_gradient_checkpointing():
     model = make_model("qwen3", "sdpa")
     model.gradient_checkpointing_enable()
     model.train()

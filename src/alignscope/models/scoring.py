@@ -82,6 +82,18 @@ def check_context(model: nn.Module, longest: int) -> None:
 SHARED_PROMPT_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
 
+def _verified(model: nn.Module, implementations: tuple[str, ...], length: int) -> bool:
+    """A verified architecture, with one of `implementations` as its attention, whose sliding window
+    (if any) covers `length` tokens: the custom layouts apply no window of their own."""
+    config = getattr(unwrap_model(model), "config", None)
+    if config is None or getattr(config, "model_type", None) not in SHARED_PROMPT_MODEL_TYPES:
+        return False
+    if getattr(config, "_attn_implementation", None) not in implementations:
+        return False
+    window = getattr(config, "sliding_window", None)
+    return not (isinstance(window, int) and length > window)
+
+
 def can_share_prompts(model: nn.Module, row_length: int) -> bool:
     """Whether `model` can score several responses in one row behind one copy of their prompt.
 
@@ -89,25 +101,20 @@ def can_share_prompts(model: nn.Module, row_length: int) -> bool:
     siblings) and explicit position ids, which sdpa and eager attention accept on the verified
     architectures; a sliding window shorter than the row would be silently dropped, so it opts out.
     """
-    config = getattr(unwrap_model(model), "config", None)
-    if config is None or getattr(config, "model_type", None) not in SHARED_PROMPT_MODEL_TYPES:
-        return False
-    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
-        return False
-    window = getattr(config, "sliding_window", None)
-    return not (isinstance(window, int) and row_length > window)
+    return _verified(model, ("sdpa", "eager"), row_length)
 
 
 @dataclass
 class Layout:
-    """Where every sequence of a batch sits in the padded model input.
+    """Where every sequence of a batch sits in the model input: padded rows, or one padding-free row.
 
-    Sequences that share a prompt may share a row ([prompt, r1, r2, ...]); then the attention
-    mask is 4D and block-causal. Indices are flat positions into the [rows * length] input.
+    Sequences that share a prompt may share a row ([prompt, r1, r2, ...]); in padded rows the
+    attention mask is then 4D and block-causal, in the padding-free row `plan` says who sees whom.
+    Indices are flat positions into the [rows * length] input.
     """
 
     input_ids: torch.Tensor  # [rows, T]
-    attention_mask: torch.Tensor  # [rows, T], or [rows, 1, T, T] when prompts are shared
+    attention_mask: torch.Tensor  # [rows, T]; [rows, 1, T, T] when prompts share padded rows; [1, 1, 1, 0] placeholder when packed
     position_ids: torch.Tensor  # [rows, T]
     pred_index: torch.Tensor  # [sum |y|] positions predicting each response token, in sequence order
     targets: torch.Tensor  # [sum |y|] the response tokens themselves
@@ -119,13 +126,16 @@ class Layout:
 
 def run_body(body: nn.Module, layout: Layout) -> torch.Tensor:
     """The transformer body's final hidden states for a layout, [rows, T, d]."""
-    if layout.plan is None:
-        return body(input_ids=layout.input_ids, attention_mask=layout.attention_mask, position_ids=layout.position_ids,
-                    use_cache=False).last_hidden_state
-    layout.plan.calls = 0
+    plan = layout.plan
+    if plan is None:
+        extra = {}
+    else:
+        plan.calls = 0
+        extra = {"alignscope_plan": plan}
     hidden = body(input_ids=layout.input_ids, attention_mask=layout.attention_mask, position_ids=layout.position_ids,
-                  use_cache=False, alignscope_plan=layout.plan).last_hidden_state
-    check_plan_ran(layout.plan, body.config.num_hidden_layers)
+                  use_cache=False, **extra).last_hidden_state
+    if plan is not None:
+        check_plan_ran(plan, body.config.num_hidden_layers)
     return hidden
 
 
@@ -148,13 +158,7 @@ def group_length(prompt_ids: list[list[int]], response_ids: list[list[int]], gro
 def can_pack(model: nn.Module, longest_group: int) -> bool:
     """Whether `model` can score a batch padding-free: a verified architecture with sdpa attention whose
     sliding window (if any) covers every group, since the packed attention applies no window."""
-    config = getattr(unwrap_model(model), "config", None)
-    if config is None or getattr(config, "model_type", None) not in SHARED_PROMPT_MODEL_TYPES:
-        return False
-    if getattr(config, "_attn_implementation", None) != "sdpa":
-        return False
-    window = getattr(config, "sliding_window", None)
-    return not (isinstance(window, int) and longest_group > window) and register_packed_attention()
+    return _verified(model, ("sdpa",), longest_group) and register_packed_attention()
 
 
 def build_packed_layout(prompt_ids: list[list[int]], response_ids: list[list[int]], groups: list[list[int]],
