@@ -128,6 +128,26 @@ def test_mapping_renames_before_detection(tmp_path):
     assert (e.chosen, e.rejected) == ("b", "a")
 
 
+def test_as_chat_wraps_plain_prompts_as_one_user_message(tmp_path):
+    data, e = one(tmp_path, {"question": "What is 2+2?", "answer": "4"}, mapping={"prompt": "question"}, as_chat=True)
+    assert data.format == "prompt" and e.prompt == [{"role": "user", "content": "What is 2+2?"}]
+    _, e = one(tmp_path, {"prompt": "q", "chosen": "a", "rejected": "b"}, as_chat=True)
+    assert (e.prompt, e.chosen, e.rejected) == ([{"role": "user", "content": "q"}], "a", "b")
+    _, e = one(tmp_path, {"messages": USER}, format="prompt", as_chat=True)
+    assert e.prompt == USER  # already a chat
+
+
+def test_train_config_as_chat_reaches_the_records(tmp_path):
+    from alignscope.training.config import TrainConfig
+    from alignscope.training.loop import load_examples
+
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
+    for as_chat, want in ((False, "q"), (True, [{"role": "user", "content": "q"}])):
+        cfg = TrainConfig(data=str(path), output_dir=str(tmp_path / "run"), as_chat=as_chat)
+        assert load_examples(cfg, path)[0].prompt == want
+
+
 def test_mapping_errors_suggest_the_fix(tmp_path):
     with pytest.raises(DataError, match="no column 'questoin' \\(did you mean 'question'\\?\\)"):
         load(tmp_path, [{"question": "q"}], mapping={"prompt": "questoin"})

@@ -17,6 +17,10 @@ from alignscope.lab.gold import gold_rewards
 def noisy(prompts, responses):
     rng = random.Random(0)
     return [g + rng.gauss(0, 2.0) for g in gold_rewards(prompts, responses)]
+
+def first_varies(prompts, responses):
+    first = prompts[0]
+    return [float(i % 2) if p == first else 1.0 for i, p in enumerate(prompts)]
 '''
 
 
@@ -75,6 +79,22 @@ def test_select_prompts_and_bon(task, capsys):
     out = capsys.readouterr().out
     assert "log n - (n-1)/n = 0.6363" in out and "gold reward" in out
     assert len((tmp / "bon.jsonl").read_text().splitlines()) == 12
+
+
+def test_select_prompts_maps_columns_and_warns_on_flat_kept(task, capsys):
+    tmp, prompts, _ = task
+    questions = tmp / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"question": json.loads(line)["prompt"], "answer": "1"}) + "\n"
+                                 for line in prompts.read_text().splitlines()))
+    argv = ["select-prompts", "--policy", "lab:tiny", "--prompts", str(questions), "--reward", "my_rms:first_varies",
+            "--n", "6", "--max-new-tokens", "12", "--keep", "3", "--out", str(tmp / "sel.jsonl")]
+    assert main(argv) != 0
+    assert "--map prompt=question" in capsys.readouterr().err
+    assert main(argv + ["--map", "prompt=question"]) == 0
+    out = capsys.readouterr().out
+    variances = json.loads((tmp / "sel.variances.json").read_text())
+    assert len(variances) == 12 and variances[0] > 0 and not any(variances[1:])
+    assert "warning: 2 of the 3 kept prompts have zero reward variance" in out and "--keep 1)" in out
 
 
 def test_compare_rm(task, tmp_path, capsys, lab_tiny):

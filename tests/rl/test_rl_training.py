@@ -140,3 +140,20 @@ def test_flat_objective_warned_once(tmp_path, lab_tiny):
     assert [p["name"] for p in pitfalls] == ["flat RL objective"]  # once, at the first step
     assert pitfalls[0]["step"] == 1 and pitfalls[0]["size"] > 0.5
     assert any("flat RL objective" in line and "select-prompts" in line for line in said)
+
+
+def test_prompt_file_mapped_and_sent_as_chat(tmp_path, lab_tiny):
+    """`map` and `as_chat` reach the RL prompts: a `question` file arrives as one user message per prompt."""
+    path = tmp_path / "questions.jsonl"
+    questions = [p[-1]["content"] for p in PROMPTS[:4]]  # the lab's chats as plain text
+    path.write_text("".join(json.dumps({"question": q, "answer": "x"}) + "\n" for q in questions))
+    seen = []
+
+    def record(prompts, responses):
+        seen.extend(prompts)
+        return [float(len(r) % 3) for r in responses]
+
+    model, tok, cfg = rl(tmp_path, lab_tiny, "chat", steps=1, prompts=str(path), map={"prompt": "question"}, as_chat=True,
+                         prompts_per_step=4, samples_per_prompt=2, max_new_tokens=4)
+    train_rl(cfg, model=model, tokenizer=tok, reward_fn=record, log=lambda *a: None)
+    assert seen and all(p in [[{"role": "user", "content": q}] for q in questions] for p in seen)

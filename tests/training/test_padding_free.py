@@ -1,7 +1,7 @@
 """Training runs end to end through the padding-free layout and learns exactly what padded batches learn.
 
-The lab's models use eager attention (padded rows); these runs switch a copy to sdpa, the default of
-Hugging Face models, so DPO, the reward model and RL go through `models/attention.py`.
+The lab's models load with sdpa attention (the Hugging Face default), so DPO, the reward model and RL go
+through `models/attention.py` here; `padding_free: false` on the same model gives the padded runs to compare.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from . import synthetic
 @pytest.fixture
 def sdpa_model(lab_tiny):
     model, tok = copy.deepcopy(lab_tiny[0]), lab_tiny[1]
-    model.set_attn_implementation("sdpa")
+    model.set_attn_implementation("sdpa")  # already the default on load; explicit so the test does not depend on it
     return model, tok
 
 

@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--rm", nargs="+", required=True, help="reward models: folders, module:function, or lab:gold")
     r.add_argument("--policy", required=True, help="policy model spec")
     r.add_argument("--prompts", required=True, help="prompt file")
+    r.add_argument("--map", action="append", default=[], metavar="NEW=OLD", help="rename a column of --prompts (repeatable)")
+    r.add_argument("--as-chat", action="store_true",
+                   help="send plain-text prompts as one user message (the chat template of an instruct model applies)")
     r.add_argument("--pairs", help="pairwise data for off-policy accuracy")
     r.add_argument("--gold", help="gold reward (module:function or lab:gold) for on-policy accuracy")
     r.add_argument("--n", type=int, default=10, help="samples per prompt")
@@ -71,13 +74,14 @@ def run_data(args: argparse.Namespace) -> int:
 
 
 def run_rm(args: argparse.Namespace) -> int:
-    from alignscope.data import load_data
+    from alignscope.data import load_data, parse_mapping
     from alignscope.diagnostics.rm_audit import audit_reward_models, format_table, write_outputs
     from alignscope.models.loading import load_model_and_tokenizer
     from alignscope.rewards.sources import load_reward_source
 
-    prompts = [ex.prompt for ex in load_data(args.prompts).examples][: args.limit]
-    pairs = load_data(args.pairs).examples if args.pairs else None
+    prompts = [ex.prompt for ex in load_data(args.prompts, mapping=parse_mapping(args.map), as_chat=args.as_chat).examples]
+    prompts = prompts[: args.limit]
+    pairs = load_data(args.pairs, as_chat=args.as_chat).examples if args.pairs else None
     policy, tok = load_model_and_tokenizer(args.policy)
     rms = {spec: load_reward_source(spec) for spec in args.rm}
     gold = load_reward_source(args.gold) if args.gold else None

@@ -11,6 +11,10 @@ from pathlib import Path
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", required=True, help="policy model spec (folder, .gguf, smollm2, lab:tiny)")
     p.add_argument("--prompts", required=True, help="prompt file")
+    p.add_argument("--map", action="append", default=[], metavar="NEW=OLD",
+                   help="rename a column, e.g. --map prompt=question (repeatable)")
+    p.add_argument("--as-chat", action="store_true",
+                   help="send plain-text prompts as one user message (the chat template of an instruct model applies)")
     p.add_argument("--reward", required=True, help="reward: module:function, a reward-model folder, or lab:gold")
     p.add_argument("--n", type=int, default=8, help="samples per prompt")
     p.add_argument("--max-new-tokens", type=int, default=32)
@@ -36,12 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _sample(args):
-    from alignscope.data import load_data
+    from alignscope.data import load_data, parse_mapping
     from alignscope.models.loading import load_model_and_tokenizer
     from alignscope.rollout.generation import GenerationConfig, generate
     from alignscope.rewards.sources import call_reward, load_reward_source
 
-    prompts = [ex.prompt for ex in load_data(args.prompts).examples][: args.limit]
+    prompts = [ex.prompt for ex in load_data(args.prompts, mapping=parse_mapping(args.map), as_chat=args.as_chat).examples][: args.limit]
     if not prompts or args.n < 1:
         from alignscope.errors import ConfigError
 
@@ -73,6 +77,12 @@ def run_select(args: argparse.Namespace) -> int:
     zero = int((var <= 1e-12).sum())
     print(f"{len(prompts)} prompts x {args.n} samples: mean reward variance {var.mean():.4g}, {zero} with zero variance")
     print(f"kept {k} prompts with the highest variance (threshold {var[order[-1]]:.4g}) -> {out}")
+    flat_kept = sum(var[i] <= 1e-12 for i in order)
+    if flat_kept:
+        fewer = f", or keep fewer (--keep {k - flat_kept})" if k > flat_kept else ""
+        print(f"warning: {flat_kept} of the {k} kept prompts have zero reward variance under this policy, so RL on them "
+              f"has no signal; sample more prompts (--limit), more samples (--n) or longer responses (--max-new-tokens)"
+              f"{fewer}")
     return 0
 
 

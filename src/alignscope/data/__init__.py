@@ -96,13 +96,16 @@ def load_data(
     rejects_path: str | Path | None = None,
     split: str = "train",
     log: Callable[[str], None] | None = None,
+    as_chat: bool = False,
 ) -> LoadedData:
     """Read `source`, detect (or take) its format, validate and convert every row into records.
 
     `source`: a path (JSONL[.gz], JSON, CSV, Parquet, a save_to_disk folder), a list of dicts or a
     `datasets.Dataset`/`DatasetDict`. `format`: pairwise, ranked, unpaired, sft, prompt (or the
     aliases dpo, kto). `on_error="skip"` writes bad rows to `rejects_path` (default: next to the
-    file) and reports their count through `log` (default: stderr).
+    file) and reports their count through `log` (default: stderr). `as_chat=True` turns every
+    plain-text prompt into one user message, so an instruct model is prompted through its
+    chat template (plain questions such as GSM8K's otherwise reach it as raw text to continue).
     """
     if on_error not in ("fail", "skip"):
         raise ConfigError(f"unknown error policy on_error='{on_error}'" + did_you_mean(on_error, ("fail", "skip")),
@@ -113,6 +116,10 @@ def load_data(
     apply_mapping(raw.rows, mapping, raw.source)
     fmt, why = resolve_format(raw, format)
     converted = convert_rows(raw.rows, fmt, raw.source, on_error, raw.errors)
+    if as_chat:
+        for ex in converted.examples:
+            if isinstance(ex.prompt, str):
+                ex.prompt = [{"role": "user", "content": ex.prompt}]
     out = LoadedData(fmt, converted.examples, raw.source, raw.n_rows, len(converted.errors), None, why)
     if converted.errors:
         out.rejects_path = write_rejects(converted.errors, rejects_path or default_rejects_path(raw.source))

@@ -61,6 +61,7 @@ class TrainConfig:
     eval_fraction: float = 0.0  # held out from `data` when eval_data is not given
     format: str | None = None
     map: dict = field(default_factory=dict)
+    as_chat: bool = False  # plain-text prompts become one user message (the chat template applies)
     on_error: Literal["fail", "skip"] = "fail"
     max_examples: int | None = None  # use only the first N training (and eval) examples
     output_dir: str = "runs/train"
@@ -148,6 +149,7 @@ class RLConfig:
     prompts: str = ""  # a prompt-only data file (or any format with prompts)
     format: str | None = None
     map: dict = field(default_factory=dict)
+    as_chat: bool = False  # plain-text prompts become one user message (the chat template applies)
     reward: str = ""  # 'module:function', a reward-model folder, or 'lab:gold'
     gold: str | None = None  # optional gold reward for monitoring ('module:function' or 'lab:gold')
     output_dir: str = "runs/rl"

@@ -45,7 +45,8 @@ def load_examples(cfg: TrainConfig, source: Any):
     from alignscope.data import load_data
 
     rejects = Path(cfg.output_dir) / f"rejects-{Path(str(source)).name.split('.', 1)[0]}.jsonl"  # data.jsonl.gz -> rejects-data.jsonl
-    return load_data(source, format=cfg.format, mapping=cfg.map or None, on_error=cfg.on_error, rejects_path=rejects).examples
+    return load_data(source, format=cfg.format, mapping=cfg.map or None, on_error=cfg.on_error, rejects_path=rejects,
+                     as_chat=cfg.as_chat).examples
 
 
 def build_policy(cfg: TrainConfig, texts: list[str]):

@@ -119,7 +119,8 @@ def train_rl(
     from alignscope.data import load_data
 
     if prompts is None:
-        prompts = [ex.prompt for ex in load_data(cfg.prompts, format=cfg.format, mapping=cfg.map or None).examples]
+        prompts = [ex.prompt for ex in load_data(cfg.prompts, format=cfg.format, mapping=cfg.map or None,
+                                                   as_chat=cfg.as_chat).examples]
     if model is None:
         from alignscope.training.loop import build_policy
         from alignscope.training.config import TrainConfig
