@@ -66,6 +66,7 @@ def test_generate_rollout_structure_and_logprobs(eos_model, bpe_tokenizer):
     assert attn.shape[1] == len(ro.prompt_ids[3]) > short
     assert (attn[:3, : attn.shape[1] - short] == 0).all() and (attn[:, -1] == 1).all()
     assert seen["use_cache"] is True and tok.padding_side == side
+    assert not seen.get("output_scores")  # log-probs are kept one step at a time, not [steps, batch, vocab]
     # each response ends at its first EOS (kept) or has exactly max_new_tokens tokens without EOS
     for r, t, lp in zip(ro.response_ids, ro.texts, ro.logprobs):
         assert eos not in r[:-1]
@@ -91,6 +92,24 @@ def test_generate_is_deterministic_given_a_seed(tiny_model, bpe_tokenizer):
     assert a.response_ids != c.response_ids
 
 
+@pytest.mark.parametrize("eos_bump", [0.0, 30.0])  # 30: every sample stops after one token, the bar jumps to the end
+def test_generate_progress_counts_token_steps_and_changes_nothing(tiny_model, bpe_tokenizer, capsys, eos_bump):
+    def bump(module, inputs, output):
+        output = output.clone()
+        output[..., bpe_tokenizer.eos_token_id] += eos_bump
+        return output
+
+    handle = tiny_model.lm_head.register_forward_hook(bump)
+    cfg = GenerationConfig(max_new_tokens=MAX_NEW, n=3, seed=1)
+    plain = generate(tiny_model, bpe_tokenizer, CHAT, cfg, batch_size=4)
+    shown = generate(tiny_model, bpe_tokenizer, CHAT, cfg, batch_size=4, progress="sampling")
+    handle.remove()
+    assert shown.response_ids == plain.response_ids
+    assert (max(map(len, shown.response_ids)) == 1) == (eos_bump > 0)
+    err = capsys.readouterr().err
+    assert "sampling" in err and f"{6 * MAX_NEW}/{6 * MAX_NEW}" in err  # two batches (4 + 2 samples), never past the total
+
+
 def test_generate_temperature_logprobs_and_greedy(tiny_model, bpe_tokenizer):
     ro = generate(tiny_model, bpe_tokenizer, ["The quick brown"], GenerationConfig(max_new_tokens=5, n=2, temperature=0.7, seed=1))
     for p, r, lp in zip(ro.prompt_ids, ro.response_ids, ro.logprobs):
@@ -99,6 +118,25 @@ def test_generate_temperature_logprobs_and_greedy(tiny_model, bpe_tokenizer):
     assert greedy.response_ids[0] == greedy.response_ids[1]
     lp = recompute(tiny_model, greedy.prompt_ids[0], greedy.response_ids[0])
     assert torch.allclose(greedy.logprobs[0], lp, atol=1e-4)
+
+
+@pytest.mark.parametrize("warper", [("top_k", 1), ("min_p", 1.0), ("typical_p", 1e-6), ("epsilon_cutoff", 0.9),
+                                    ("temperature", 1e-4)])
+def test_generate_top_p_logprobs_ignore_the_models_own_warpers(tiny_model, bpe_tokenizer, warper):
+    """Temperature 1.3 and nucleus 0.6, by hand. The model's generation config asks for a warper that would make
+    sampling all but greedy; it must not apply (the recorded log-probs would no longer be the sampling distribution)."""
+    setattr(tiny_model.generation_config, *warper)
+    ro = generate(tiny_model, bpe_tokenizer, CHAT, GenerationConfig(max_new_tokens=6, n=4, temperature=1.3, top_p=0.6, seed=2))
+    for p, r, lp in zip(ro.prompt_ids, ro.response_ids, ro.logprobs):
+        with torch.no_grad():
+            probs = torch.softmax(tiny_model(torch.tensor([p + r])).logits[0, len(p) - 1 : -1].float() / 1.3, -1)
+        for t, token in enumerate(r):
+            sorted_p, order = probs[t].sort(descending=True)
+            nucleus = (sorted_p.cumsum(0) - sorted_p) < 0.6  # the most likely tokens until 0.6 of the mass is covered
+            assert token in order[nucleus].tolist()
+            assert torch.isclose(lp[t], torch.log(probs[t, token] / sorted_p[nucleus].sum()), atol=1e-4)
+    for i in range(len(CHAT)):
+        assert len({tuple(r) for r, j in zip(ro.response_ids, ro.prompt_index) if j == i}) > 1, warper
 
 
 def test_generation_config_validation():

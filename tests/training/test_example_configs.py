@@ -34,6 +34,16 @@ def test_example_config_is_valid(path):
     assert cfg.output_dir.startswith("runs/")
 
 
+def test_overrides_merge_into_an_example_and_an_empty_mapping_clears_it():
+    from alignscope.config import merge, parse_overrides
+
+    raw = load_yaml(EXAMPLES / "rl_gsm8k_smollm2.yaml")
+    cfg = build_config(RLConfig, merge(raw, parse_overrides(["prompts=runs/sel.jsonl", "map={}", "lr=2e-6"])))
+    assert (cfg.prompts, cfg.map, cfg.lr, cfg.as_chat) == ("runs/sel.jsonl", {}, 2e-6, True)
+    cfg = build_config(RLConfig, merge(raw, parse_overrides(["map.completion=answer"])))
+    assert cfg.map == {"prompt": "question", "completion": "answer"}
+
+
 def test_final_number_and_refusal_detector():
     r = rewards_module()
     assert r.final_number("so 2+1=<<2+1=3>>3 bolts\n#### 3") == 3.0

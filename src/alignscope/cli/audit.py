@@ -86,7 +86,8 @@ def run_rm(args: argparse.Namespace) -> int:
     rms = {spec: load_reward_source(spec) for spec in args.rm}
     gold = load_reward_source(args.gold) if args.gold else None
     result = audit_reward_models(rms, policy, tok, prompts, n=args.n, pairs=pairs, gold=gold,
-                                 max_new_tokens=args.max_new_tokens, threshold=args.threshold, seed=args.seed)
+                                 max_new_tokens=args.max_new_tokens, threshold=args.threshold, seed=args.seed,
+                                 progress=f"sampling {len(prompts)} prompts x {args.n}")
     write_outputs(result, Path(args.out))
     print(format_table(result))
     print(f"written: {Path(args.out) / 'teacher_table.json'}, {Path(args.out) / 'reward_variance.json'}")

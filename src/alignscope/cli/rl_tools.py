@@ -53,7 +53,8 @@ def _sample(args):
                           "give at least one prompt (--limit of at least 1) and --n of at least 1")
     model, tok = load_model_and_tokenizer(args.policy)
     ro = generate(model, tok, prompts, GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                                         n=args.n, do_sample=True, seed=args.seed))
+                                                         n=args.n, do_sample=True, seed=args.seed),
+                  progress=f"sampling {len(prompts)} prompts x {args.n}")
     flat = [prompts[i] for i in ro.prompt_index]
     rewards = call_reward(load_reward_source(args.reward), flat, ro.texts, args.reward).view(len(prompts), args.n)
     return prompts, ro, flat, rewards

@@ -41,8 +41,10 @@ def audit_reward_models(
     temperature: float = 1.0,
     threshold: float = 0.1,
     seed: int = 0,
+    progress: str | None = None,
 ) -> dict[str, Any]:
-    ro = generate(policy, tokenizer, prompts, GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, n=n, do_sample=True, seed=seed))
+    ro = generate(policy, tokenizer, prompts, GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, n=n, do_sample=True, seed=seed),
+                  progress=progress)
     flat_prompts = [prompts[i] for i in ro.prompt_index]
     gold_r = _rewards(gold, flat_prompts, ro.texts).reshape(len(prompts), n) if gold is not None else None
     table_in, variances, per_rm = {}, {}, {}

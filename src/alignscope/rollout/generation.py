@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 
 from alignscope.data.records import Prompt
 from alignscope.data.tokenize import render_prompt, uses_special_tokens
@@ -120,21 +121,78 @@ def _pad_left(rows: list[list[int]], pad: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attn}
 
 
+class _SampledLogprobs:
+    """The last logits processor of a `generate` call: it applies temperature and top-p itself, so it sees
+    the distribution tokens are drawn from, and keeps the log-probability of each drawn token.
+
+    Hugging Face's `output_scores` would hold every step's [batch, vocab] scores until the end
+    (64 samples x 256 tokens x a 49k vocabulary: 3.2 GB); this keeps one step.
+    """
+
+    def __init__(self, cfg: GenerationConfig):
+        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+        self.warpers = []
+        if cfg.do_sample and cfg.temperature != 1.0:
+            self.warpers.append(TemperatureLogitsWarper(cfg.temperature))
+        if cfg.do_sample and cfg.top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(cfg.top_p, min_tokens_to_keep=1))
+        self.last: torch.Tensor | None = None
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.last is not None:  # the token drawn at the previous step is now the last input
+            self.steps.append(self.last.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        for warp in self.warpers:
+            scores = warp(input_ids, scores)
+        self.last = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, new_tokens: torch.Tensor) -> torch.Tensor:
+        """[batch, steps] log-probabilities of `new_tokens`, the tokens this call generated."""
+        steps = self.steps + [self.last.gather(-1, new_tokens[:, -1:]).squeeze(-1)]
+        if len(steps) != new_tokens.shape[1]:
+            raise ModelError(f"generate produced {new_tokens.shape[1]} tokens per sample but called the log-prob "
+                             f"recorder {len(steps)} times", "this transformers version applies logits processors "
+                             "differently; use a transformers version alignscope supports (see pyproject.toml)")
+        return torch.stack(steps, dim=1)
+
+
+class _TokenTicker:
+    """A stopping criterion that never stops: it advances a progress bar by one token per sequence per step."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        self.bar.update(input_ids.shape[0])
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[Prompt], cfg: GenerationConfig, batch_size: int = 64) -> Rollout:
+def generate(
+    model, tokenizer, prompts: list[Prompt], cfg: GenerationConfig, batch_size: int = 64, progress: str | None = None
+) -> Rollout:
     """Sample `cfg.n` responses per prompt with Hugging Face `generate` (KV cache, left padding).
 
-    Deterministic given `cfg.seed` (and the same batch_size). Log-probabilities come from the
-    processed generation scores (temperature, top-p; top-k off), i.e. the sampling distribution;
-    with greedy decoding, from the model's own distribution.
+    Deterministic given `cfg.seed` (and the same batch_size). Log-probabilities are those of the
+    sampling distribution (after temperature and top-p; top-k off); with greedy decoding, of the
+    model's own distribution. `progress` (a label) shows a bar in
+    token steps: sampling a real model on a CPU takes minutes.
     """
+    from transformers import LogitsProcessorList, StoppingCriteriaList
+
     device = next(model.parameters()).device
     stops = stop_token_ids(model, tokenizer)
     pad = pad_token_id(tokenizer)
     encoded = encode_prompts(tokenizer, prompts)
     flat = [(i, ids) for i, ids in enumerate(encoded) for _ in range(cfg.n)]
-    sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": 0} if cfg.do_sample else {}
+    # Every Hugging Face warper off (a model's generation config may set some): `_SampledLogprobs` warps last.
+    sampling = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": None, "typical_p": 1.0, "epsilon_cutoff": 0.0,
+                "eta_cutoff": 0.0} if cfg.do_sample else {}
     out = Rollout([], [], [], [], [], stop_ids=stops)
+    bar = tqdm(total=len(flat) * cfg.max_new_tokens, desc=progress, disable=progress is None, unit="tok")
+    ticker = StoppingCriteriaList([_TokenTicker(bar)])
     was_training = model.training
     model.eval()
     try:
@@ -143,17 +201,16 @@ def generate(model, tokenizer, prompts: list[Prompt], cfg: GenerationConfig, bat
                 chunk = flat[s : s + batch_size]
                 batch = _pad_left([ids for _, ids in chunk], pad)
                 width = batch["input_ids"].shape[1]
+                recorder = _SampledLogprobs(cfg)
                 gen = model.generate(
                     input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                     max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, pad_token_id=pad, eos_token_id=list(stops),
-                    output_scores=True, return_dict_in_generate=True, use_cache=True, **sampling,
+                    return_dict_in_generate=True, use_cache=True, logits_processor=LogitsProcessorList([recorder]),
+                    stopping_criteria=ticker, **sampling,
                 )
+                bar.update(len(chunk) * cfg.max_new_tokens - (bar.n - s * cfg.max_new_tokens))  # a batch that stopped early
                 new = gen.sequences[:, width:]
-                # One [B, V] step at a time: never a [B, T, V] log-softmax in memory.
-                lp = torch.stack([
-                    torch.log_softmax(step.float(), dim=-1).gather(-1, new[:, t, None]).squeeze(-1)
-                    for t, step in enumerate(gen.scores)
-                ], dim=1).cpu()
+                lp = recorder.finish(new).cpu()
                 new = new.cpu()
                 for row, (i, ids) in enumerate(chunk):
                     toks = _trim(new[row].tolist(), stops)
@@ -163,6 +220,7 @@ def generate(model, tokenizer, prompts: list[Prompt], cfg: GenerationConfig, bat
                     out.prompt_index.append(i)
                     out.logprobs.append(lp[row, : len(toks)].clone())
     finally:
+        bar.close()
         model.train(was_training)
     return out
 
