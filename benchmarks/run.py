@@ -157,9 +157,43 @@ def machine() -> str:
     except OSError:
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} logical cores visible, {W.THREADS} torch threads per run, load average {load:.1f} at start; "
+    return (f"{cpu}, {os.cpu_count()} logical cores visible, {W.THREADS} torch threads per run, load average {load:.1f} "
+            f"and {OTHER_LOAD:.2f} cores busy with other work at start; "
             f"Python {platform.python_version()}, torch {torch.__version__}, transformers {__import__('transformers').__version__}, "
             f"TRL {trl_version() or 'not installed'}")
+
+
+def other_load(seconds: float = 3.0) -> float:
+    """Cores kept busy by other processes, sampled from /proc/stat while this one sleeps (nan where unreadable)."""
+    def busy_total() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+        return sum(ticks) - idle, sum(ticks)
+
+    try:
+        b0, t0 = busy_total()
+        time.sleep(seconds)
+        b1, t1 = busy_total()
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    cores = os.cpu_count() or 1
+    return (b1 - b0) / max(t1 - t0, 1) * cores
+
+
+OTHER_LOAD = float("nan")  # cores busy with other work when the run started (sampled by choose_threads)
+
+
+def choose_threads(requested: str, log) -> int:
+    """`auto`: every core when the machine is quiet (other load under 0.2 of a core), else one thread."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    global OTHER_LOAD
+    load = OTHER_LOAD = other_load()
+    if requested != "auto":
+        return max(1, int(requested))
+    n = cores if load < 0.2 else 1
+    log(f"other load {load:.2f} cores: {n} torch thread(s) per run (--threads N to choose)")
+    return n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --scale all: --pairs for the 30m and long rows (96 keeps `make bench` under 30 minutes on 2 cores)")
     ap.add_argument("--tools", default="alignscope,trl,forward,hf", help="comma-separated sides to run")
     ap.add_argument("--tasks", default="dpo,rm,sft,ches,gen", help="comma-separated rows to run (by alignscope's task)")
+    ap.add_argument("--threads", default=os.environ.get("ALIGNSCOPE_BENCH_THREADS", "1"),
+                    help="torch threads per run: a number, or auto (every core on a quiet machine, else 1); 1 gives the "
+                         "steadiest ratios on a shared machine")
     ap.add_argument("--root", default=str(Path.home() / ".cache" / "alignscope" / "bench"), help="where models and data are built")
     ap.add_argument("--out", default=None, help="write the markdown tables here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -185,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     log = lambda msg: print(msg, flush=True)  # noqa: E731
+    W.THREADS = choose_threads(args.threads, log)
+    os.environ["ALIGNSCOPE_BENCH_THREADS"] = str(W.THREADS)  # every worker runs with the same count
     tools = set(args.tools.split(","))
     if "trl" in tools and trl_version() is None:
         log("TRL is not installed: running the alignscope, plain-forward and HF-generate sides only (pip install -e '.[bench]')")

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
-# One torch thread per run by default: on a 2-core machine with any other load, two threads spin-wait
-# on each other and one run can take 10x another (measured); one thread gives wall == CPU time and
-# steady ratios. ALIGNSCOPE_BENCH_THREADS=2 measures both cores on a machine known to be quiet.
+# Torch threads per run, set by run.py (`--threads`, default 1) for every worker through this variable. One
+# thread gives wall == CPU time and steady ratios: on a 2-core machine with any other load two threads
+# spin-wait on each other and one run can take 10x another (measured). `--threads auto` uses every core
+# when the machine is quiet.
 THREADS = int(os.environ.get("ALIGNSCOPE_BENCH_THREADS", "1"))
 PAIRS_LIMIT: int | None = None  # set by run_job: use only the first N pairs
 
@@ -167,6 +168,12 @@ def _pairs(rows):
 
 
 def alignscope_train(method: str, assets: Path, scale: Scale, work: Path) -> dict:
+    # `train` imports accelerate and transformers' schedulers on its first call; TRL's side imports them
+    # (through `trl`) before its timer, so they are imported here too rather than timed on one side only.
+    import accelerate  # noqa: F401
+    import transformers.optimization  # noqa: F401
+
+    from alignscope.models.reward_model import RewardModel  # noqa: F401
     from alignscope.training.config import TrainConfig
     from alignscope.training.loop import train
 

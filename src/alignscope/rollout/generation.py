@@ -177,8 +177,8 @@ def generate(
 
     Deterministic given `cfg.seed` (and the same batch_size). Log-probabilities are those of the
     sampling distribution (after temperature and top-p; top-k off); with greedy decoding, of the
-    model's own distribution. `progress` (a label) shows a bar in
-    token steps: sampling a real model on a CPU takes minutes.
+    model's own distribution. `progress` (a label) shows a bar in token steps: sampling a real
+    model on a CPU takes minutes.
     """
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
