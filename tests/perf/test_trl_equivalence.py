@@ -76,7 +76,10 @@ def test_dpo_loss_and_grads_match_trl(loss_type, tiny_model, bpe_tokenizer, tmp_
         if p_trl.grad is None:
             assert p_ours.grad is None or torch.count_nonzero(p_ours.grad) == 0, name
             continue
-        torch.testing.assert_close(p_ours.grad, p_trl.grad, rtol=1e-4, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")
+        # Elementwise rtol with an atol of 1e-5 of the tensor's largest entry: the two sides sum in different
+        # orders (padded rows vs one packed row), so entries near zero differ at rounding level in relative terms.
+        atol = 1e-5 * float(p_trl.grad.abs().max())
+        torch.testing.assert_close(p_ours.grad, p_trl.grad, rtol=1e-4, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
         n_compared += 1
     assert n_compared == len(list(policy.parameters()))
     assert any(p.grad.abs().max() > 0 for p in ours.parameters())
