@@ -130,6 +130,25 @@ def table(rows, measured: list[dict], scale: str, meta: dict, n_pairs: int, peak
     return out
 
 
+def floor_table(rows, measured: list[dict], scale: str, floor: dict[str, tuple[float, float]]) -> list[str]:
+    """How close each alignscope row runs to the time its own matmuls take, and the largest speed-up reachable."""
+    by_side = {m["side"]: m for m in measured}
+    out = [
+        f"| {scale}: task | alignscope matmul work | matmul floor s | alignscope wall s | floor / wall | compared with | "
+        "its wall s | largest reachable speed-up | measured |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, ours, theirs in rows:
+        if ours not in by_side or theirs not in by_side or ours[0] not in floor:
+            continue
+        flop, secs = floor[ours[0]]
+        a, o = by_side[ours]["wall_s"], by_side[theirs]["wall_s"]
+        other = {"trl": "TRL", "forward": "plain forward"}.get(theirs[1], theirs[1]) + (" (precomputed ref)" if theirs[0] == "dpo_pre" else "")
+        out.append(f"| {label} | {flop / 1e12:.2f} TFLOP | {secs:.3g} | {a:.3g} | {secs / a:.0%} | {other} | {o:.3g} | "
+                   f"{o / secs:.2f}x | {o / a:.2f}x |")
+    return out
+
+
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 
@@ -267,6 +286,17 @@ def main(argv: list[str] | None = None) -> int:
             *table(rows, measured, scale, meta, n_pairs, peak),
             "",
         ]
+        floor = W.matmul_floor(W.SCALES[scale], meta, n_pairs)
+        ftable = floor_table(rows, measured, scale, floor)
+        if len(ftable) > 2:
+            lines += [
+                f"Matmul floor ({scale}): the seconds the matmuls of alignscope's own exact computation take at this machine's "
+                "measured speed for those very shapes (no attention, normalisation, optimizer or I/O), so nothing that does this "
+                "arithmetic runs faster; the other side's wall time over it is the largest speed-up reachable without doing less of it.",
+                "",
+                *ftable,
+                "",
+            ]
     lines.append(f"Total benchmark time: {(time.time() - started) / 60:.1f} min.")
     text = "\n".join(lines)
     print("\n" + text)

@@ -346,3 +346,60 @@ def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
             a @ b
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 * reps / best / 1e9
+
+
+def _mm_seconds(m: int, k: int, n: int, transpose_a: bool = False, reps: int = 5) -> float:
+    """Best time of one [m, k] x [k, n] fp32 matmul (A given as a transposed view when `transpose_a`, as in dW = dY^T X)."""
+    a = torch.randn(k, m).t() if transpose_a else torch.randn(m, k)
+    b = torch.randn(k, n)
+    for _ in range(2):
+        a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _linear_seconds(m: int, d_in: int, d_out: int) -> tuple[float, float]:
+    """(forward, backward) seconds of a bias-free linear layer on m rows: Y = X W^T; dX = dY W, dW = dY^T X."""
+    return _mm_seconds(m, d_in, d_out), _mm_seconds(m, d_out, d_in) + _mm_seconds(d_out, m, d_in, transpose_a=True)
+
+
+def matmul_floor(scale: Scale, meta: dict, n_pairs: int) -> dict[str, tuple[float, float]]:
+    """task -> (FLOPs, seconds) of the matmuls alignscope's own exact computation needs, at this machine's speed
+    for the very shapes it runs (THREADS threads).
+
+    The work counted is what alignscope does: each prompt once per pair, no padding, the unembedding only at
+    response positions, one reference pass (DPO). Attention scores, normalisation, activations, the optimizer,
+    tokenization and saving are left out, so no exact implementation of the same arithmetic can run faster:
+    the other tool's time divided by this floor is the largest speed-up any exact fast path could show.
+    """
+    torch.set_num_threads(THREADS)
+    frac = n_pairs / meta["scale"]["n_pairs"]
+    p, c, r = (meta[k] * frac for k in ("prompt_tokens", "chosen_tokens", "rejected_tokens"))
+    d, ff, v = scale.hidden_size, scale.intermediate_size, scale.vocab_size
+    rows = max(1, round((p + c + r) / max(n_pairs, 1) * scale.batch_size))  # tokens in one packed batch
+    shapes = [(d, d)] * 4 + [(d, ff), (d, ff), (ff, d)]  # q, k, v, o (no grouped-query attention here), gate, up, down
+    body_f = body_b = 0.0
+    for d_in, d_out in shapes:
+        f, b = _linear_seconds(rows, d_in, d_out)
+        body_f, body_b = body_f + f, body_b + b
+    body_f, body_b = body_f * scale.num_layers / rows, body_b * scale.num_layers / rows  # seconds per token
+    head_rows = 512  # alignscope's unembedding chunk at this vocabulary (models.scoring.default_chunk_tokens)
+    head_f, head_b = (t / head_rows for t in _linear_seconds(head_rows, d, v))
+    n_body = scale.num_layers * (4 * d * d + 3 * d * ff)
+    tokens, resp = p + c + r, c + r
+    work = {  # task -> (tokens through the layer stack fwd+bwd, fwd only; response tokens through the head fwd+bwd, fwd only)
+        "dpo": (tokens, tokens, resp, resp),
+        "rm": (tokens, 0.0, 0.0, 0.0),
+        "sft": (p + c, 0.0, c, 0.0),
+        "ches": (0.0, tokens, 0.0, resp),
+    }
+    out = {}
+    for task, (tb, tf, hb, hf) in work.items():
+        flop = 6 * n_body * tb + 2 * n_body * tf + 6 * d * v * hb + 2 * d * v * hf
+        secs = tb * (body_f + body_b) + tf * body_f + hb * (head_f + head_b) + hf * head_f
+        out[task] = (flop, secs)
+    return out

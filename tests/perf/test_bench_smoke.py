@@ -23,3 +23,8 @@ def test_quick_benchmark_writes_table(tmp_path):
     assert [r[1] for r in rows] == ["alignscope", "plain forward"], text
     assert rows[0][0] == "CHES audit vs one plain forward pass" and rows[0][7].endswith("x**")  # both sides: a speed-up
     assert all(float(r[2]) > 0 and float(r[5]) > 0 for r in rows), text  # wall seconds, peak RSS
+    floor = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines() if "TFLOP |" in line]
+    assert [r[0] for r in floor] == ["CHES audit vs one plain forward pass"], text
+    # The matmuls alone cannot take longer than the whole audit, and the reachable speed-up bounds the measured one.
+    assert 0 < float(floor[0][2]) < float(floor[0][3]), text
+    assert float(floor[0][7].rstrip("x")) >= float(floor[0][8].rstrip("x")), text
