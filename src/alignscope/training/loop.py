@@ -259,7 +259,9 @@ def train(
     if eval_examples and cfg.method in ("dpo", "rank", "rm"):
         eval_items = [it for it in to_items(cfg.method, eval_examples, tokenizer, cfg.max_length, cfg.max_prompt_length)[0] if len(it.responses) >= 2]
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        from alignscope.models.loading import set_activation_checkpointing
+
+        set_activation_checkpointing(model, True)
     if cfg.lora is not None:
         model = add_lora(model, cfg)
 
