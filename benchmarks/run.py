@@ -104,6 +104,13 @@ def throughput(task: str, res: dict, n_pairs: int) -> str:
     return f"{n_pairs / res['wall_s']:.2f} pairs/s"
 
 
+def side_name(side: tuple[str, str]) -> str:
+    """A side's name in the tables: the tool, and whether TRL precomputed its reference."""
+    task, tool = side
+    name = {"alignscope": "alignscope", "trl": f"TRL {trl_version()}", "forward": "plain forward", "hf": "HF generate"}[tool]
+    return name + (" (precomputed ref)" if task == "dpo_pre" else "")
+
+
 def table(rows, measured: list[dict], scale: str, meta: dict, n_pairs: int, peak: float) -> list[str]:
     by_side = {m["side"]: m for m in measured}
     out = [
@@ -120,11 +127,8 @@ def table(rows, measured: list[dict], scale: str, meta: dict, n_pairs: int, peak
             if side == ours and theirs in by_side:
                 o = by_side[theirs]
                 cells = [f"**{o['wall_s'] / r['wall_s']:.2f}x**", f"{o['cpu_s'] / r['cpu_s']:.2f}x", f"{r['peak_rss_mb'] / o['peak_rss_mb']:.2f}"]
-            name = {"alignscope": "alignscope", "trl": f"TRL {trl_version()}", "forward": "plain forward", "hf": "HF generate"}[side[1]]
-            if side[0] == "dpo_pre":
-                name += " (precomputed ref)"
             out.append(
-                f"| {label if side == ours else ''} | {name} | {r['wall_s']:.3g} | {r['cpu_s']:.3g} | {throughput(side[0], r, n_pairs)} | "
+                f"| {label if side == ours else ''} | {side_name(side)} | {r['wall_s']:.3g} | {r['cpu_s']:.3g} | {throughput(side[0], r, n_pairs)} | "
                 f"{r['peak_rss_mb']:.0f} | {mfu:.1%} | {' | '.join(cells)} |"
             )
     return out
@@ -143,8 +147,7 @@ def floor_table(rows, measured: list[dict], scale: str, floor: dict[str, tuple[f
             continue
         flop, secs = floor[ours[0]]
         a, o = by_side[ours]["wall_s"], by_side[theirs]["wall_s"]
-        other = {"trl": "TRL", "forward": "plain forward"}.get(theirs[1], theirs[1]) + (" (precomputed ref)" if theirs[0] == "dpo_pre" else "")
-        out.append(f"| {label} | {flop / 1e12:.2f} TFLOP | {secs:.3g} | {a:.3g} | {secs / a:.0%} | {other} | {o:.3g} | "
+        out.append(f"| {label} | {flop / 1e12:.2f} TFLOP | {secs:.3g} | {a:.3g} | {secs / a:.0%} | {side_name(theirs)} | {o:.3g} | "
                    f"{o / secs:.2f}x | {o / a:.2f}x |")
     return out
 
@@ -164,7 +167,7 @@ def write_block(path: Path, text: str) -> None:
     path.write_text(new)
 
 
-def machine() -> str:
+def machine(other: float) -> str:
     import torch
 
     cpu = platform.processor() or "unknown CPU"
@@ -177,7 +180,7 @@ def machine() -> str:
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"{cpu}, {os.cpu_count()} logical cores visible, {W.THREADS} torch threads per run, load average {load:.1f} "
-            f"and {OTHER_LOAD:.2f} cores busy with other work at start; "
+            f"and {other:.2f} cores busy with other work at start; "
             f"Python {platform.python_version()}, torch {torch.__version__}, transformers {__import__('transformers').__version__}, "
             f"TRL {trl_version() or 'not installed'}")
 
@@ -200,16 +203,11 @@ def other_load(seconds: float = 3.0) -> float:
     return (b1 - b0) / max(t1 - t0, 1) * cores
 
 
-OTHER_LOAD = float("nan")  # cores busy with other work when the run started (sampled by choose_threads)
-
-
-def choose_threads(requested: str, log) -> int:
+def choose_threads(requested: str, load: float, log) -> int:
     """`auto`: every core when the machine is quiet (other load under 0.2 of a core), else one thread."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    global OTHER_LOAD
-    load = OTHER_LOAD = other_load()
     if requested != "auto":
         return max(1, int(requested))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     n = cores if load < 0.2 else 1
     log(f"other load {load:.2f} cores: {n} torch thread(s) per run (--threads N to choose)")
     return n
@@ -241,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     log = lambda msg: print(msg, flush=True)  # noqa: E731
-    W.THREADS = choose_threads(args.threads, log)
+    busy = other_load()  # recorded in the table whatever the thread count
+    W.THREADS = choose_threads(args.threads, busy, log)
     os.environ["ALIGNSCOPE_BENCH_THREADS"] = str(W.THREADS)  # every worker runs with the same count
     tools = set(args.tools.split(","))
     if "trl" in tools and trl_version() is None:
@@ -263,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     lines = [
         "| | |", "|---|---|",
-        f"| machine | {machine()} |",
+        f"| machine | {machine(busy)} |",
         f"| command | `python benchmarks/{' '.join(['run.py'] + (argv if argv is not None else sys.argv[1:]))}` |",
         f"| fp32 matmul peak | {peak:.1f} GFLOP/s (2048x2048 matmul, {W.THREADS} threads): the MFU denominator |",
         "",

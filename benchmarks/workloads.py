@@ -333,33 +333,26 @@ def run_job(task: str, tool: str, scale_name: str, root: Path, pairs: int | None
     return res
 
 
+def _mm_seconds(m: int, k: int, n: int, transpose_a: bool = False, trials: int = 5, batch: int = 1) -> float:
+    """Seconds of one [m, k] x [k, n] fp32 matmul: the best of `trials` runs of `batch` back-to-back matmuls, after a
+    warm-up (A as a transposed view when `transpose_a`, as in dW = dY^T X)."""
+    a = torch.randn(k, m).t() if transpose_a else torch.randn(m, k)
+    b = torch.randn(k, n)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(trials):
+        t = time.perf_counter()
+        for _ in range(batch):
+            a @ b
+        best = min(best, time.perf_counter() - t)
+    return best / batch
+
+
 def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
     """The machine's fp32 matmul throughput with THREADS threads: the MFU denominator."""
     torch.set_num_threads(THREADS)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 * reps / best / 1e9
-
-
-def _mm_seconds(m: int, k: int, n: int, transpose_a: bool = False, reps: int = 5) -> float:
-    """Best time of one [m, k] x [k, n] fp32 matmul (A given as a transposed view when `transpose_a`, as in dW = dY^T X)."""
-    a = torch.randn(k, m).t() if transpose_a else torch.randn(m, k)
-    b = torch.randn(k, n)
-    for _ in range(2):
-        a @ b
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return best
+    return 2 * n**3 / _mm_seconds(n, n, n, trials=3, batch=reps) / 1e9
 
 
 def _linear_seconds(m: int, d_in: int, d_out: int) -> tuple[float, float]:
@@ -376,6 +369,8 @@ def matmul_floor(scale: Scale, meta: dict, n_pairs: int) -> dict[str, tuple[floa
     tokenization and saving are left out, so no exact implementation of the same arithmetic can run faster:
     the other tool's time divided by this floor is the largest speed-up any exact fast path could show.
     """
+    from alignscope.models.scoring import default_chunk_tokens
+
     torch.set_num_threads(THREADS)
     frac = n_pairs / meta["scale"]["n_pairs"]
     p, c, r = (meta[k] * frac for k in ("prompt_tokens", "chosen_tokens", "rejected_tokens"))
@@ -387,7 +382,7 @@ def matmul_floor(scale: Scale, meta: dict, n_pairs: int) -> dict[str, tuple[floa
         f, b = _linear_seconds(rows, d_in, d_out)
         body_f, body_b = body_f + f, body_b + b
     body_f, body_b = body_f * scale.num_layers / rows, body_b * scale.num_layers / rows  # seconds per token
-    head_rows = 512  # alignscope's unembedding chunk at this vocabulary (models.scoring.default_chunk_tokens)
+    head_rows = default_chunk_tokens(v)  # the unembedding runs in chunks of this many rows
     head_f, head_b = (t / head_rows for t in _linear_seconds(head_rows, d, v))
     n_body = scale.num_layers * (4 * d * d + 3 * d * ff)
     tokens, resp = p + c + r, c + r
