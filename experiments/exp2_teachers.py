@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alignscope.config import build_config
+from alignscope.options import build_config
 from alignscope.diagnostics.rm_audit import audit_reward_models, format_table
 from alignscope.diagnostics.variance import per_prompt_variance
 from alignscope.lab.experiment import parse_args, pyplot, save_figure

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alignscope.config import build_config
+from alignscope.options import build_config
 from alignscope.data.records import PairExample
 from alignscope.data.tokenize import encode_response
 from alignscope.diagnostics.ches import ches_filter

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alignscope.config import build_config
+from alignscope.options import build_config
 from alignscope.data.records import PairExample
 from alignscope.diagnostics.compare_rm import compare_reward_models, format_comparison
 from alignscope.lab import default_world, pairwise_data, paraphrased_pairs, pretrained_lab_model, sft_data

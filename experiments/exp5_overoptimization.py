@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alignscope.config import build_config
+from alignscope.options import build_config
 from alignscope.diagnostics.overoptimization import best_of_n_curve, fit_bon, fit_rl, gold_peak, sqrt_kl
 from alignscope.lab import GoldReward, default_world, pairwise_data, pretrained_lab_model, prompt_data, sft_data
 from alignscope.lab.experiment import finish, fresh_dir, parse_args, pyplot, save_figure

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alignscope.config import build_config
+from alignscope.options import build_config
 from alignscope.data.records import SFTExample
 from alignscope.lab import GoldReward, default_world, good_response, pretrained_lab_model, prompt_data, sft_data
 from alignscope.lab.experiment import finish, fresh_dir, parse_args, pyplot, save_figure

@@ -10,7 +10,7 @@ import copy
 
 import numpy as np
 
-from alignscope.config import build_config
+from alignscope.options import build_config
 from alignscope.diagnostics.data_audit import audit_pairs
 from alignscope.lab.generate import pairwise_data, refusal_pairs
 from alignscope.lab.language import default_world

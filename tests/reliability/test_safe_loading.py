@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 import alignscope
 from alignscope.cli.main import main
-from alignscope.config import load_yaml
+from alignscope.options import load_yaml
 from alignscope.errors import AlignscopeError, ConfigError, ModelError
 from alignscope.training.checkpoint import list_checkpoints, load_latest
 
@@ -74,7 +74,8 @@ def test_static_rules_hold_in_every_source_file():
                     if arg.arg == "trust_remote_code" and default is not None and not (isinstance(default, ast.Constant) and default.value is False):
                         problems.append(f"{where(node)}: {node.name}(trust_remote_code=...) does not default to False")
             if isinstance(node, ast.AnnAssign) and _dotted(node.target) == "trust_remote_code":
-                if not (isinstance(node.value, ast.Constant) and node.value.value is False):
+                value = node.value.args[0] if isinstance(node.value, ast.Call) and _dotted(node.value.func) == "opt" else node.value
+                if not (isinstance(value, ast.Constant) and value.value is False):
                     problems.append(f"{where(node)}: config field trust_remote_code does not default to False")
     assert problems == []
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from alignscope.config import build_config, load_yaml
+from alignscope.options import build_config, load_yaml
 from alignscope.training.config import TrainConfig
 from alignscope.training.rl import RLConfig
 
@@ -35,7 +35,7 @@ def test_example_config_is_valid(path):
 
 
 def test_overrides_merge_into_an_example_and_an_empty_mapping_clears_it():
-    from alignscope.config import merge, parse_overrides
+    from alignscope.options import merge, parse_overrides
 
     raw = load_yaml(EXAMPLES / "rl_gsm8k_smollm2.yaml")
     cfg = build_config(RLConfig, merge(raw, parse_overrides(["prompts=runs/sel.jsonl", "map={}", "lr=2e-6"])))

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from alignscope.config import build_config
+from alignscope.options import build_config
 from alignscope.errors import ConfigError
 from alignscope.training.config import TrainConfig
 from alignscope.training.loop import train

@@ -7,7 +7,7 @@ import random
 
 import torch
 
-from alignscope.config import build_config
+from alignscope.options import build_config
 from alignscope.data.records import PairExample
 from alignscope.training.config import TrainConfig
 from alignscope.training.loop import train

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from alignscope.config import build_config
+from alignscope.options import build_config
 from alignscope.training.config import TrainConfig
 from alignscope.training.loop import train
 

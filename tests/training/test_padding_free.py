@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from alignscope.config import build_config
+from alignscope.options import build_config
 from alignscope.lab.generate import prompt_data
 from alignscope.lab.language import default_world
 from alignscope.models import reward_model, scoring

@@ -1,37 +1,38 @@
-"""`alignscope train sft|rm|dpo|kto|rank --config FILE.yaml [key=value ...]`."""
+"""`alignscope train sft|rm|dpo|kto|rank|rl --config FILE.yaml [key=value ...]`."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
-from alignscope.config import build_config, load_yaml, merge, parse_overrides
+from alignscope.options import build_config, load_yaml, merge, options_help, parse_overrides
 from alignscope.training.config import METHODS, RLConfig, TrainConfig
 
-
-def _options_help() -> str:
-    lines = []
-    for title, cls in (("sft, rm, dpo, kto, rank", TrainConfig), ("rl (algorithm: reinforce, rloo, grpo, dr_grpo, ppo)", RLConfig)):
-        lines.append(f"options for {title} (YAML keys or key=value overrides):")
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            lines.append(f"  {f.name} (default: {default!r})")
-    return "\n".join(lines)
+DESCRIPTIONS = {
+    "sft": "supervised fine-tuning on prompt/completion or chat data",
+    "rm": "a Bradley-Terry reward model from pairwise data (optionally a k-head ensemble)",
+    "dpo": "direct preference optimisation and its variants (every direct preference loss, ORPO)",
+    "kto": "KTO on unpaired desirable/undesirable examples",
+    "rank": "ranked lists: Plackett-Luce DPO, PRO, or Curry-DPO's pairs",
+    "rl": "on-policy RL from a reward (reinforce, rloo, grpo, dr_grpo, ppo)",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train a model: sft, rm (reward model), dpo (and every direct preference loss), kto, rank, rl",
-        description="Train with one of the offline objectives. Options come from --config and key=value overrides.",
-        epilog=_options_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("method", choices=METHODS + ("rl",), help="the objective")
-    p.add_argument("--config", help="YAML file with training options")
-    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output_dir")
-    p.add_argument("overrides", nargs="*", help="key=value options overriding the config, e.g. beta=0.05 loss=[sigmoid,sft:0.2]")
-    p.set_defaults(func=run)
+    p = sub.add_parser("train", help="train a model: sft, rm (reward model), dpo (and every direct preference loss), kto, rank, rl",
+                       description="Train a model. Options come from --config and key=value overrides; "
+                                   "`alignscope train METHOD --help` describes each.")
+    methods = p.add_subparsers(dest="method", metavar="METHOD", required=True)
+    for method in METHODS + ("rl",):
+        cls = RLConfig if method == "rl" else TrainConfig
+        m = methods.add_parser(
+            method, help=DESCRIPTIONS[method], description=f"Train: {DESCRIPTIONS[method]}.",
+            epilog="options (YAML keys or key=value overrides):\n" + "\n".join(options_help(cls)),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        m.add_argument("--config", help="YAML file with training options")
+        m.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output_dir")
+        m.add_argument("overrides", nargs="*", help="key=value options overriding the config, e.g. beta=0.05 loss=[sigmoid,sft:0.2]")
+        m.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

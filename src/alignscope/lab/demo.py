@@ -16,7 +16,7 @@ from typing import Any
 
 
 from alignscope.atomic import write_text
-from alignscope.config import build_config
+from alignscope.options import build_config
 from alignscope.diagnostics.data_audit import audit_pairs, dataset_findings, write_table
 from alignscope.diagnostics.ches import ches_filter
 from alignscope.diagnostics.rm_audit import audit_reward_models, format_table, write_outputs

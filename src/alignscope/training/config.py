@@ -1,13 +1,15 @@
 """Typed training configs. YAML files and `key=value` overrides become a `TrainConfig` (offline
-objectives) or an `RLConfig` (on-policy RL); both validate with readable errors."""
+objectives) or an `RLConfig` (on-policy RL). Each option carries its description and range (`opt`),
+checked whenever a config is built."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from alignscope.errors import ConfigError
+from alignscope.options import Options, opt
 
 
 def _check_output_dir(output_dir: str) -> None:
@@ -15,119 +17,103 @@ def _check_output_dir(output_dir: str) -> None:
         raise ConfigError(f"output_dir '{output_dir}' is a file, not a folder", "set output_dir to a new or existing folder")
 
 
-def _check_positive(cfg: object, names: tuple[str, ...]) -> None:
-    for name in names:
-        if getattr(cfg, name) <= 0:
-            raise ConfigError(f"'{name}' must be a positive integer, got {getattr(cfg, name)}")
-
-
 METHODS = ("sft", "rm", "dpo", "kto", "rank")
 
 
 @dataclass
-class LossTerm:
+class LossTerm(Options):
     """One term of a (possibly mixed) objective, e.g. {type: sigmoid, weight: 1.0}."""
 
-    type: str = "sigmoid"
-    weight: float = 1.0
+    type: str = opt("sigmoid", "the loss name (see `loss`)")
+    weight: float = opt(1.0, "the term's weight in the sum", ge=0)
 
     @classmethod
     def from_str(cls, text: str) -> LossTerm:
         """'sigmoid' or 'sft:0.5' (type:weight)."""
         name, _, weight = text.partition(":")
         try:
-            return cls(name.strip(), float(weight) if weight else 1.0)
+            value = float(weight) if weight else 1.0
         except ValueError:
             raise ConfigError(f"loss term '{text}' has a weight that is not a number", "write e.g. sft:0.5") from None
+        return cls(name.strip(), value)
 
 
 @dataclass
-class LoraConfig:
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+class LoraConfig(Options):
+    """A LoRA adapter (peft): only the adapter trains; the reference is the adapter disabled."""
+
+    r: int = opt(8, "the adapter's rank", ge=1, le=4096)
+    alpha: int = opt(16, "LoRA's scaling numerator (the update is scaled by alpha / r)", ge=1)
+    dropout: float = opt(0.0, "dropout on the adapter's input", ge=0, lt=1)
+    target_modules: list[str] = opt(["q_proj", "k_proj", "v_proj", "o_proj"], "names of the linear layers that get an adapter")
+
+    def validate(self) -> None:
+        if not self.target_modules:
+            raise ConfigError("lora.target_modules is empty", "name at least one linear layer, e.g. [q_proj, v_proj]")
 
 
 @dataclass
-class TrainConfig:
-    """Every option of `alignscope train`. Unknown keys fail with a suggestion."""
+class TrainConfig(Options):
+    """Every option of `alignscope train sft|rm|dpo|kto|rank`. Unknown keys fail with a suggestion."""
 
-    method: Literal["sft", "rm", "dpo", "kto", "rank"] = "dpo"
-    model: str = "tiny"  # folder, .gguf, 'smollm2', hub id, or 'tiny' (a random 2-layer Llama for smoke tests)
-    ref_model: str | None = None  # default: the initial policy (its log-probs are precomputed)
-    data: str = ""
-    eval_data: str | None = None
-    eval_fraction: float = 0.0  # held out from `data` when eval_data is not given
-    format: str | None = None
-    map: dict = field(default_factory=dict)
-    as_chat: bool = False  # plain-text prompts become one user message (the chat template applies)
-    on_error: Literal["fail", "skip"] = "fail"
-    max_examples: int | None = None  # use only the first N training (and eval) examples
-    output_dir: str = "runs/train"
-    max_length: int = 512
-    max_prompt_length: int | None = 256
-    # optimisation
-    lr: float = 5e-6
-    weight_decay: float = 0.0
-    epochs: int = 1
-    max_steps: int | None = None
-    batch_size: int = 8  # per process, before accumulation
-    grad_accum: int = 1
-    max_grad_norm: float | None = 1.0
-    warmup_ratio: float = 0.0
-    scheduler: Literal["linear", "cosine", "constant"] = "linear"
-    seed: int = 0
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    gradient_checkpointing: bool = False
-    share_prompts: bool = True  # run a pair's prompt once for chosen and rejected (same numbers, fewer tokens)
-    padding_free: bool = True  # a batch as one row of real tokens with per-sequence attention (sdpa; same numbers)
-    group_by_length: bool = False  # batches of similar-length items (less padding; batch order stays random)
-    # objectives
-    loss: list[LossTerm] = field(default_factory=lambda: [LossTerm()])
-    beta: float = 0.1
-    label_smoothing: float = 0.0
-    gamma: float = 0.5  # SimPO target margin (sigmoid_norm)
-    orpo: bool = False  # ORPO instead of `loss` (reference-free)
-    kto_desirable_weight: float = 1.0
-    kto_undesirable_weight: float = 1.0
-    rank_objective: Literal["plackett_luce", "curry"] = "plackett_luce"
-    rm_heads: int = 1  # k > 1: an ensemble of k scalar heads
-    rm_aggregate: Literal["mean", "min", "mean_minus_std"] = "mean"
-    rm_center_coef: float = 0.0
-    lora: LoraConfig | None = None
-    # bookkeeping
-    logging_steps: int = 1
-    eval_steps: int | None = None
-    save_steps: int | None = None
-    keep_last: int = 2
-    nan_policy: Literal["stop", "skip"] = "stop"
-    ref_cache_dir: str | None = None  # default: <output_dir>/ref_cache
-    report_to: list[str] = field(default_factory=list)  # tensorboard, wandb (offline)
-    trust_remote_code: bool = False
-    progress: bool = True
+    method: Literal["sft", "rm", "dpo", "kto", "rank"] = opt("dpo", "the objective (set by the command: `train dpo`, ...)")
+    model: str = opt("tiny", "the policy: a folder, a .gguf file, 'smollm2', a cached hub id, or 'tiny' (random 2-layer Llama)")
+    ref_model: str | None = opt(None, "the reference model, in the same forms as `model`; null = the initial policy")
+    data: str = opt("", "training data: a JSONL/JSON/Parquet/CSV file or a saved `datasets` folder")
+    eval_data: str | None = opt(None, "held-out data for evaluation and the displacement monitor")
+    eval_fraction: float = opt(0.0, "fraction of `data` held out for evaluation when eval_data is not given", ge=0, lt=1)
+    format: str | None = opt(None, "the data format (pairwise, ranked, unpaired, sft, prompt); null = detect")
+    map: dict = opt({}, "column renames, e.g. {chosen: response_a}")
+    as_chat: bool = opt(False, "send plain-text prompts as one user message, so the chat template applies")
+    on_error: Literal["fail", "skip"] = opt("fail", "on a bad row: stop, or skip it and write it to the run folder's rejects file")
+    max_examples: int | None = opt(None, "use only the first N training (and eval) examples", ge=1)
+    output_dir: str = opt("runs/train", "the run folder: metrics, checkpoints, final model")
+    max_length: int = opt(512, "longest sequence in tokens (prompt + response); longer ones are truncated", ge=1)
+    max_prompt_length: int | None = opt(256, "longest prompt in tokens (truncated from the left); null = no limit", ge=1)
+    lr: float = opt(5e-6, "peak learning rate (AdamW)", gt=0, le=1)
+    weight_decay: float = opt(0.0, "AdamW weight decay", ge=0, le=1)
+    epochs: int = opt(1, "passes over the training data", ge=1)
+    max_steps: int | None = opt(None, "stop after this many optimizer steps; null = run all epochs", ge=1)
+    batch_size: int = opt(8, "examples per micro-batch per process, before gradient accumulation", ge=1)
+    grad_accum: int = opt(1, "micro-batches per optimizer step", ge=1)
+    max_grad_norm: float | None = opt(1.0, "clip the gradient's global norm to this; null = no clipping", gt=0)
+    warmup_ratio: float = opt(0.0, "fraction of the steps spent warming the learning rate up from 0", ge=0, lt=1)
+    scheduler: Literal["linear", "cosine", "constant"] = opt("linear", "learning-rate schedule after warm-up")
+    seed: int = opt(0, "random seed (data order, initialisation, sampling)", ge=0, lt=2**32)
+    mixed_precision: Literal["no", "bf16", "fp16"] = opt("no", "accelerate's mixed precision for the forward and backward")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward (less memory, ~30% more time)")
+    share_prompts: bool = opt(True, "run a pair's prompt once for chosen and rejected (same numbers, fewer tokens)")
+    padding_free: bool = opt(True, "a batch as one row of real tokens with per-sequence attention (sdpa; same numbers)")
+    group_by_length: bool = opt(False, "batches of similar-length examples (less padding; batch order stays random)")
+    loss: list[LossTerm] = opt([LossTerm()], "DPO loss terms, e.g. [sigmoid, sft:0.2] (a weighted sum)")
+    beta: float = opt(0.1, "DPO/KTO temperature: how far the policy may move from the reference", gt=0)
+    label_smoothing: float = opt(0.0, "conservative DPO / robust DPO: assumed fraction of flipped labels", ge=0, lt=0.5)
+    gamma: float = opt(0.5, "SimPO's target reward margin (the simpo loss)", ge=0)
+    orpo: bool = opt(False, "train with ORPO instead of `loss` (reference-free)")
+    kto_desirable_weight: float = opt(1.0, "KTO: weight of desirable examples", gt=0)
+    kto_undesirable_weight: float = opt(1.0, "KTO: weight of undesirable examples", gt=0)
+    rank_objective: Literal["plackett_luce", "curry"] = opt("plackett_luce", "ranked data: the Plackett-Luce DPO loss, or Curry-DPO's pairs")
+    rm_heads: int = opt(1, "reward model heads; k > 1 trains an ensemble of k scalar heads", ge=1, le=64)
+    rm_aggregate: Literal["mean", "min", "mean_minus_std"] = opt("mean", "how an ensemble's heads combine into one reward")
+    rm_center_coef: float = opt(0.0, "reward centring: weight of the mean squared reward added to the loss", ge=0)
+    lora: LoraConfig | None = opt(None, "train a LoRA adapter instead of all weights, e.g. {r: 16, alpha: 32}")
+    logging_steps: int = opt(1, "write metrics every N optimizer steps", ge=1)
+    eval_steps: int | None = opt(None, "evaluate (and run the displacement monitor) every N steps; null = at the start and end", ge=1)
+    save_steps: int | None = opt(None, "write a checkpoint every N steps; null = only the final model", ge=1)
+    keep_last: int = opt(2, "checkpoints kept on disk (older ones are pruned)", ge=1)
+    nan_policy: Literal["stop", "skip"] = opt("stop", "on a NaN/inf loss: stop with an error, or skip the batch")
+    ref_cache_dir: str | None = opt(None, "where reference log-probs are cached; null = <output_dir>/ref_cache")
+    report_to: list[str] = opt([], "trackers besides metrics.jsonl: tensorboard, wandb (offline)")
+    trust_remote_code: bool = opt(False, "allow a model folder's own Python code (unsafe for untrusted models)")
+    progress: bool = opt(True, "show progress bars")
 
     def validate(self) -> None:
         if not self.data:
             raise ConfigError("no training data given", "set data: path/to/file.jsonl (or data=... on the command line)")
         _check_output_dir(self.output_dir)
-        _check_positive(self, ("batch_size", "grad_accum", "epochs", "max_length", "logging_steps", "keep_last", "rm_heads"))
-        for name in ("max_steps", "eval_steps", "save_steps", "max_prompt_length", "max_examples"):
-            v = getattr(self, name)
-            if v is not None and v <= 0:
-                raise ConfigError(f"'{name}' must be a positive integer or null, got {v}")
-        if self.lr <= 0:
-            raise ConfigError(f"'lr' must be positive, got {self.lr}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"'warmup_ratio' must be in [0, 1), got {self.warmup_ratio}")
-        if not 0 <= self.eval_fraction < 1:
-            raise ConfigError(f"'eval_fraction' must be in [0, 1), got {self.eval_fraction}")
-        if not 0 <= self.label_smoothing < 0.5:
-            raise ConfigError(f"'label_smoothing' must be in [0, 0.5), got {self.label_smoothing}")
         if self.method == "dpo" and not self.orpo:
-            from alignscope.losses.preference import PREFERENCE_LOSSES
-
             from alignscope.errors import did_you_mean
+            from alignscope.losses.preference import PREFERENCE_LOSSES
 
             if not self.loss:
                 raise ConfigError("no loss terms given", "give at least one, e.g. loss=sigmoid or loss=[sigmoid,sft:0.2]")
@@ -143,42 +129,44 @@ ALGORITHMS = ("reinforce", "rloo", "grpo", "dr_grpo", "ppo")
 
 
 @dataclass
-class RLConfig:
-    algorithm: Literal["reinforce", "rloo", "grpo", "dr_grpo", "ppo"] = "rloo"
-    model: str = "lab:tiny"
-    prompts: str = ""  # a prompt-only data file (or any format with prompts)
-    format: str | None = None
-    map: dict = field(default_factory=dict)
-    as_chat: bool = False  # plain-text prompts become one user message (the chat template applies)
-    reward: str = ""  # 'module:function', a reward-model folder, or 'lab:gold'
-    gold: str | None = None  # optional gold reward for monitoring ('module:function' or 'lab:gold')
-    output_dir: str = "runs/rl"
-    steps: int = 50
-    prompts_per_step: int = 8
-    samples_per_prompt: int = 4
-    max_new_tokens: int = 24
-    temperature: float = 1.0
-    top_p: float = 1.0
-    lr: float = 1e-4
-    max_grad_norm: float | None = 1.0
-    kl_coef: float = 0.05
-    kl_mode: Literal["reward", "loss"] = "loss"  # k1 penalty in the reward, or k3 term in the loss
-    adaptive_kl_target: float | None = None  # set to use Ziegler et al.'s adaptive controller
-    clip_eps: float = 0.2
-    ppo_epochs: int = 2
-    value_lr: float = 1e-3
-    vf_coef: float = 0.5  # PPO: weight of the clipped value loss
-    gae_lambda: float = 0.95
-    dynamic_sampling: bool = False  # drop groups whose reward variance is below `variance_threshold`, refill
-    variance_threshold: float = 1e-6
-    max_refill_rounds: int = 4
-    reward_standardize: bool = False
-    padding_free: bool = True  # score a group's completions as one row of real tokens (sdpa; same numbers)
-    seed: int = 0
-    save_steps: int | None = None
-    keep_last: int = 2
-    progress: bool = True
-    trust_remote_code: bool = False
+class RLConfig(Options):
+    """Every option of `alignscope train rl`."""
+
+    algorithm: Literal["reinforce", "rloo", "grpo", "dr_grpo", "ppo"] = opt("rloo", "the policy-gradient algorithm (ppo adds a value head)")
+    model: str = opt("lab:tiny", "the policy: a folder, a .gguf file, 'smollm2', a cached hub id, or 'lab:SIZE'")
+    prompts: str = opt("", "the prompts: a prompt-only data file (or any format with prompts)")
+    format: str | None = opt(None, "the prompt file's format; null = detect")
+    map: dict = opt({}, "column renames, e.g. {prompt: question}")
+    as_chat: bool = opt(False, "send plain-text prompts as one user message, so the chat template applies")
+    reward: str = opt("", "the training reward: 'module:function', a reward-model folder, or 'lab:gold'")
+    gold: str | None = opt(None, "a gold reward for monitoring over-optimisation ('module:function' or 'lab:gold')")
+    output_dir: str = opt("runs/rl", "the run folder: metrics, checkpoints, final model")
+    steps: int = opt(50, "optimizer steps (one rollout batch each)", ge=1)
+    prompts_per_step: int = opt(8, "prompts sampled per step", ge=1)
+    samples_per_prompt: int = opt(4, "completions sampled per prompt (the group size)", ge=1)
+    max_new_tokens: int = opt(24, "longest completion in tokens", ge=1)
+    temperature: float = opt(1.0, "sampling temperature", gt=0)
+    top_p: float = opt(1.0, "nucleus sampling: keep the smallest token set with this much probability", gt=0, le=1)
+    lr: float = opt(1e-4, "policy learning rate (AdamW)", gt=0, le=1)
+    max_grad_norm: float | None = opt(1.0, "clip the gradient's global norm to this; null = no clipping", gt=0)
+    kl_coef: float = opt(0.05, "weight of the KL penalty to the reference", ge=0)
+    kl_mode: Literal["reward", "loss"] = opt("loss", "the KL penalty as k1 in the reward, or as a k3 term in the loss")
+    adaptive_kl_target: float | None = opt(None, "target KL for Ziegler et al.'s adaptive controller; null = fixed kl_coef", gt=0)
+    clip_eps: float = opt(0.2, "PPO-style ratio clipping range", gt=0, lt=1)
+    ppo_epochs: int = opt(2, "PPO: passes over each rollout batch", ge=1)
+    value_lr: float = opt(1e-3, "PPO: value head learning rate", gt=0, le=1)
+    vf_coef: float = opt(0.5, "PPO: weight of the clipped value loss", ge=0)
+    gae_lambda: float = opt(0.95, "PPO: GAE's lambda", ge=0, le=1)
+    dynamic_sampling: bool = opt(False, "drop groups whose reward variance is below variance_threshold and refill")
+    variance_threshold: float = opt(1e-6, "a group's reward variance at or below this counts as flat", ge=0)
+    max_refill_rounds: int = opt(4, "dynamic sampling: most refill rounds per step", ge=0)
+    reward_standardize: bool = opt(False, "standardise rewards over the batch before computing advantages")
+    padding_free: bool = opt(True, "score a group's completions as one row of real tokens (sdpa; same numbers)")
+    seed: int = opt(0, "random seed", ge=0, lt=2**32)
+    save_steps: int | None = opt(None, "write a checkpoint every N steps; null = only the final model", ge=1)
+    keep_last: int = opt(2, "checkpoints kept on disk (older ones are pruned)", ge=1)
+    progress: bool = opt(True, "show progress bars")
+    trust_remote_code: bool = opt(False, "allow a model folder's own Python code (unsafe for untrusted models)")
 
     def validate(self) -> None:
         if not self.prompts:
@@ -186,6 +174,5 @@ class RLConfig:
         if not self.reward:
             raise ConfigError("no reward given", "set reward: module:function, a reward-model folder, or lab:gold")
         _check_output_dir(self.output_dir)
-        _check_positive(self, ("steps", "prompts_per_step", "samples_per_prompt", "max_new_tokens", "ppo_epochs", "keep_last"))
         if self.samples_per_prompt < 2 and self.algorithm in ("rloo", "grpo", "dr_grpo"):
             raise ConfigError(f"{self.algorithm} needs samples_per_prompt >= 2 (it compares samples of one prompt)")

@@ -1,12 +1,16 @@
-"""Typed configs from YAML and `key=value` overrides, with readable errors.
+"""Typed options: YAML and `key=value` overrides become validated config dataclasses.
 
-Every config is a dataclass. `build_config` checks unknown keys (with a "did you mean"),
-types, and each dataclass's own `validate()` so a typo fails before any compute is spent.
+Every config field is declared with `opt(default, help, ...)`: its one-line description (shown by
+`--help`) and its allowed range live beside it, and `Options.__post_init__` checks types' ranges
+and the dataclass's own `validate()` however the config is built (from YAML, overrides or code),
+so a typo or an out-of-range value fails before any compute is spent.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -17,6 +21,83 @@ import yaml
 from alignscope.errors import ConfigError, did_you_mean
 
 T = TypeVar("T")
+
+
+def opt(default: Any, help: str, *, ge: float | None = None, gt: float | None = None,
+        le: float | None = None, lt: float | None = None) -> Any:
+    """A config field with its description and allowed range; list and dict defaults are copied per instance."""
+    meta = {"help": help, "bounds": (ge, gt, le, lt)}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def range_text(f: dataclasses.Field) -> str:
+    """'>= 0', '(0, 1]', ... for a field declared with bounds; '' when it has none."""
+    ge, gt, le, lt = f.metadata.get("bounds", (None, None, None, None))
+    low = f"[{ge:g}" if ge is not None else f"({gt:g}" if gt is not None else None
+    high = f"{le:g}]" if le is not None else f"{lt:g})" if lt is not None else None
+    if low and high:
+        return f"in {low}, {high}"
+    if low:
+        return (">= " if ge is not None else "> ") + low[1:]
+    if high:
+        return ("<= " if le is not None else "< ") + high[:-1]
+    return ""
+
+
+def check_bounds(obj: Any, prefix: str = "") -> None:
+    """Refuse NaN/inf and values outside each field's declared range (None passes where the type allows it)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        where = prefix + f.name
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"'{where}' must be a finite number, got {value}", f"give a number ({f.metadata.get('help', '')})")
+        ge, gt, le, lt = f.metadata.get("bounds", (None, None, None, None))
+        if (ge is not None and value < ge) or (gt is not None and value <= gt) or (le is not None and value > le) or (lt is not None and value >= lt):
+            raise ConfigError(f"'{where}' must be {range_text(f)}, got {value}", f"choose a value {range_text(f)} ({f.metadata['help']})")
+
+
+class Options:
+    """Base of every config dataclass: checks bounds, then `validate()`, whenever an instance is made."""
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
+        self.validate()
+
+    def validate(self) -> None:
+        """Cross-field checks; the bounds of single fields are declared with `opt`."""
+
+
+def options_help(cls: type, prefix: str = "") -> list[str]:
+    """Two lines per option of config dataclass `cls`, nested configs' options as `parent.name`:
+    name, type, default and range, then the description."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        bounds = range_text(f)
+        lines.append(f"  {prefix}{f.name}: {_type_name(hints[f.name])} = {default!r}" + (f", {bounds}" if bounds else ""))
+        lines.append(f"      {f.metadata.get('help', '')}")
+        inner = [a for a in (typing.get_args(hints[f.name]) or (hints[f.name],)) if dataclasses.is_dataclass(a)]
+        if inner and inner[0] is not cls and f.name != "loss":
+            lines.extend(options_help(inner[0], prefix + f.name + "."))
+    return lines
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return "|".join(map(str, typing.get_args(tp)))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None)) + " | null"
+    if origin is list:
+        return f"list[{_type_name(typing.get_args(tp)[0])}]"
+    if origin is dict:
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -153,12 +234,13 @@ def build_config(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         kwargs[key] = _coerce(value, hints[key], prefix + key)
     try:
         obj = cls(**kwargs)
+    except ConfigError as e:
+        if not prefix:
+            raise
+        raise ConfigError(e.problem.replace("'", f"'{prefix}", 1), e.fix) from None
     except TypeError as e:
         missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
         raise ConfigError(f"missing required config key(s) {[prefix + m for m in missing]}" if missing else str(e)) from None
-    validate = getattr(obj, "validate", None)
-    if callable(validate):
-        validate()
     return obj
 
 
