@@ -145,7 +145,7 @@ class RLConfig(Options):
     prompts_per_step: int = opt(8, "prompts sampled per step", ge=1)
     samples_per_prompt: int = opt(4, "completions sampled per prompt (the group size)", ge=1)
     max_new_tokens: int = opt(24, "longest completion in tokens", ge=1)
-    temperature: float = opt(1.0, "sampling temperature", gt=0)
+    temperature: float = opt(1.0, "sampling temperature of the rollouts", gt=0)
     top_p: float = opt(1.0, "nucleus sampling: keep the smallest token set with this much probability", gt=0, le=1)
     lr: float = opt(1e-4, "policy learning rate (AdamW)", gt=0, le=1)
     max_grad_norm: float | None = opt(1.0, "clip the gradient's global norm to this; null = no clipping", gt=0)
