@@ -162,7 +162,7 @@ class RLConfig(Options):
     max_refill_rounds: int = opt(4, "dynamic sampling: most refill rounds per step", ge=0)
     reward_standardize: bool = opt(False, "standardise rewards over the batch before computing advantages")
     padding_free: bool = opt(True, "score a group's completions as one row of real tokens (sdpa; same numbers)")
-    seed: int = opt(0, "random seed", ge=0, lt=2**32)
+    seed: int = opt(0, "random seed (prompt order, sampling, initialisation)", ge=0, lt=2**32)
     save_steps: int | None = opt(None, "write a checkpoint every N steps; null = only the final model", ge=1)
     keep_last: int = opt(2, "checkpoints kept on disk (older ones are pruned)", ge=1)
     progress: bool = opt(True, "show progress bars")
