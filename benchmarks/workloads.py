@@ -136,7 +136,11 @@ def build_assets(scale: Scale, root: Path, log=print) -> Path:
 
 
 def _load(assets: Path, kind: str = "causal"):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     tok = AutoTokenizer.from_pretrained(assets / "model")
     if kind == "seqcls":
@@ -190,7 +194,7 @@ def alignscope_train(method: str, assets: Path, scale: Scale, work: Path) -> dic
 
 
 def alignscope_audit(assets: Path, scale: Scale, work: Path) -> dict:
-    from alignscope.diagnostics.data_audit import audit_pairs
+    from alignscope.audits.data import audit_pairs
 
     model, tok, rows = _load(assets)
     pairs = _pairs(rows)

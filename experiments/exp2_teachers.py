@@ -14,7 +14,7 @@ one), averaged over RL seeds (3; 2 in --quick), and the gold-reward gain is meas
   - learned RMs: Bradley-Terry RMs trained from the SFT model on 1024 or 256 gold-labelled pairs.
 
 --quick keeps two: gold x 0.001 on 90% of the prompts and gold + noise (sd 0.5).
-Accuracy and the standardised variance come from `diagnostics.rm_audit.audit_reward_models` on the
+Accuracy and the standardised variance come from `audits.reward_model.audit_reward_models` on the
 SFT policy; the raw variance (`diagnostics.variance.per_prompt_variance`) from the same kind of samples.
 
 Run: .venv/bin/python experiments/exp2_teachers.py --out runs/experiments/exp2 --seed 0
@@ -31,20 +31,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alignscope.options import build_config
-from alignscope.diagnostics.rm_audit import audit_reward_models, format_table
+from alignscope.audits.reward_model import audit_reward_models, format_table
 from alignscope.diagnostics.variance import per_prompt_variance
 from alignscope.lab.experiment import parse_args, pyplot, save_figure
-from alignscope.lab.generate import pairwise_data, prompt_data, sft_data
-from alignscope.lab.gold import GoldReward, NoisyGold, ScaledGold
-from alignscope.lab.language import default_world
-from alignscope.lab.pretrain import pretrained_lab_model
 from alignscope.models.reward_model import RewardModel
+from alignscope.options import build_config
 from alignscope.rewards.sources import ModelReward
 from alignscope.rollout.generation import GenerationConfig, generate
 from alignscope.training.config import TrainConfig
 from alignscope.training.loop import train
 from alignscope.training.rl import RLConfig, train_rl
+from alignscope.world.generate import pairwise_data, prompt_data, sft_data
+from alignscope.world.gold import GoldReward, NoisyGold, ScaledGold
+from alignscope.world.language import default_world
+from alignscope.world.pretrain import pretrained_lab_model
 
 KINDS = ["yesno", "describe", "list"]
 

@@ -28,21 +28,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alignscope.options import build_config
+from alignscope.audits.data import audit_pairs
 from alignscope.data.records import PairExample
 from alignscope.data.tokenize import encode_response
 from alignscope.diagnostics.ches import ches_filter
-from alignscope.diagnostics.data_audit import audit_pairs
 from alignscope.diagnostics.displacement import mass_gainers
 from alignscope.lab.experiment import parse_args, pyplot, save_figure
-from alignscope.lab.generate import pairwise_data, prompt_data, refusal_opener_pairs, refusal_pairs, sft_data, single_token_pairs
-from alignscope.lab.gold import refusal_rate
-from alignscope.lab.language import AFFIRM_EMPHATIC, AFFIRM_PLAIN, NEGATE_EMPHATIC, NEGATE_PLAIN, default_world, parse_response
-from alignscope.lab.pretrain import pretrained_lab_model
 from alignscope.models.scoring import sequence_logps
+from alignscope.options import build_config
 from alignscope.rollout.generation import GenerationConfig, generate
 from alignscope.training.config import TrainConfig
 from alignscope.training.loop import train
+from alignscope.world.generate import (
+    pairwise_data,
+    prompt_data,
+    refusal_opener_pairs,
+    refusal_pairs,
+    sft_data,
+    single_token_pairs,
+)
+from alignscope.world.gold import refusal_rate
+from alignscope.world.language import (
+    AFFIRM_EMPHATIC,
+    AFFIRM_PLAIN,
+    NEGATE_EMPHATIC,
+    NEGATE_PLAIN,
+    default_world,
+    parse_response,
+)
+from alignscope.world.pretrain import pretrained_lab_model
 
 AFFIRM = AFFIRM_PLAIN + AFFIRM_EMPHATIC
 ANSWERS = AFFIRM + NEGATE_PLAIN + NEGATE_EMPHATIC

@@ -9,7 +9,7 @@ accuracy than it costs the explicit RM (science.md §4).
 The lab version: SFT the lab's tiny model, then from that SFT model train a DPO policy and a
 Bradley-Terry RM on the same gold-labelled pairs with the same optimiser settings, and compare
 their accuracy (ties ½) against the gold order on held-out pairs and on their paraphrases
-(`lab.paraphrased_pairs`: synonyms swapped, commutative parts reordered; gold reward unchanged).
+(`world.paraphrased_pairs`: synonyms swapped, commutative parts reordered; gold reward unchanged).
 
     .venv/bin/python experiments/exp4_implicit_vs_explicit_rm.py --out runs/experiments/exp4 --seed 0
 """
@@ -22,16 +22,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alignscope.options import build_config
+from alignscope.audits.compare_rm import compare_reward_models, format_comparison
 from alignscope.data.records import PairExample
-from alignscope.diagnostics.compare_rm import compare_reward_models, format_comparison
-from alignscope.lab import default_world, pairwise_data, paraphrased_pairs, pretrained_lab_model, sft_data
 from alignscope.lab.experiment import finish, fresh_dir, parse_args, pyplot, save_figure
-from alignscope.lab.pretrain import load_lab_model
 from alignscope.models.reward_model import RewardModel
+from alignscope.options import build_config
 from alignscope.rewards.sources import ImplicitReward, ModelReward
 from alignscope.training.config import TrainConfig
 from alignscope.training.loop import train
+from alignscope.world import (
+    default_world,
+    pairwise_data,
+    paraphrased_pairs,
+    pretrained_lab_model,
+    sft_data,
+)
+from alignscope.world.pretrain import load_lab_model
 
 PAPER = {  # science.md §4: UltraFeedback, mean over six models (EX-RM vs IM-RM), and the controlled persona setting
     "in-distribution": {"explicit": 0.752, "implicit": 0.646},

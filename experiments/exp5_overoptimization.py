@@ -25,18 +25,31 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alignscope.options import build_config
-from alignscope.diagnostics.overoptimization import best_of_n_curve, fit_bon, fit_rl, gold_peak, sqrt_kl
-from alignscope.lab import GoldReward, default_world, pairwise_data, pretrained_lab_model, prompt_data, sft_data
+from alignscope.diagnostics.overoptimization import (
+    best_of_n_curve,
+    fit_bon,
+    fit_rl,
+    gold_peak,
+    sqrt_kl,
+)
 from alignscope.lab.experiment import finish, fresh_dir, parse_args, pyplot, save_figure
-from alignscope.lab.pretrain import load_lab_model
 from alignscope.losses.policy_gradient import best_of_n_kl_bound
 from alignscope.models.reward_model import RewardModel
+from alignscope.options import build_config
 from alignscope.rewards.sources import ModelReward
 from alignscope.rollout.generation import GenerationConfig, generate
 from alignscope.training.config import TrainConfig
 from alignscope.training.loop import train
 from alignscope.training.rl import RLConfig, train_rl
+from alignscope.world import (
+    GoldReward,
+    default_world,
+    pairwise_data,
+    pretrained_lab_model,
+    prompt_data,
+    sft_data,
+)
+from alignscope.world.pretrain import load_lab_model
 
 
 def train_cfg(method: str, out: Path, **kw) -> TrainConfig:

@@ -32,15 +32,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alignscope.options import build_config
 from alignscope.data.records import SFTExample
-from alignscope.lab import GoldReward, default_world, good_response, pretrained_lab_model, prompt_data, sft_data
 from alignscope.lab.experiment import finish, fresh_dir, parse_args, pyplot, save_figure
-from alignscope.lab.pretrain import load_lab_model
+from alignscope.options import build_config
 from alignscope.rollout.generation import GenerationConfig, generate
 from alignscope.training.config import TrainConfig
 from alignscope.training.loop import train
 from alignscope.training.rl import RLConfig, train_rl
+from alignscope.world import (
+    GoldReward,
+    default_world,
+    good_response,
+    pretrained_lab_model,
+    prompt_data,
+    sft_data,
+)
+from alignscope.world.pretrain import load_lab_model
 
 REFUSAL = "i cannot help with that."
 

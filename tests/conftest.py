@@ -56,6 +56,6 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def lab_tiny():
     """The lab's tiny pretrained model (built once into the user cache, then loaded)."""
-    from alignscope.lab.pretrain import pretrained_lab_model
+    from alignscope.world.pretrain import pretrained_lab_model
 
     return pretrained_lab_model(size="tiny", seed=0, progress=False)

@@ -2,7 +2,12 @@
 
 import pytest
 
-from alignscope.data.tokenize import TokenizeStats, encode_group, encode_response, render_prompt
+from alignscope.data.tokenize import (
+    TokenizeStats,
+    encode_group,
+    encode_response,
+    render_prompt,
+)
 from alignscope.models.loading import smollm2_available
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Is the sky blue?"}]

@@ -6,8 +6,14 @@ import json
 
 import pytest
 
-from alignscope.data import load_data
-from alignscope.data.records import PairExample, PromptExample, RankedExample, SFTExample, UnpairedExample
+from alignscope.data.loader import load_data
+from alignscope.data.records import (
+    PairExample,
+    PromptExample,
+    RankedExample,
+    SFTExample,
+    UnpairedExample,
+)
 from alignscope.errors import DataError
 
 USER = [{"role": "user", "content": "Hi?"}]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from alignscope.data import load_data
+from alignscope.data.loader import load_data
 from alignscope.data.sources import read_rows
 from alignscope.errors import DataError
 

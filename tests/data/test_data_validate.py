@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from alignscope.data import load_data
+from alignscope.data.loader import load_data
 from alignscope.errors import ConfigError, DataError
 
 GOOD = {"prompt": "p", "chosen": "a", "rejected": "b"}

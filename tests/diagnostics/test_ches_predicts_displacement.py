@@ -10,13 +10,13 @@ import copy
 
 import numpy as np
 
-from alignscope.options import build_config
-from alignscope.diagnostics.data_audit import audit_pairs
-from alignscope.lab.generate import pairwise_data, refusal_pairs
-from alignscope.lab.language import default_world
+from alignscope.audits.data import audit_pairs
 from alignscope.models.scoring import sequence_logps
+from alignscope.options import build_config
 from alignscope.training.config import TrainConfig
 from alignscope.training.loop import train
+from alignscope.world.generate import pairwise_data, refusal_pairs
+from alignscope.world.language import default_world
 
 
 def chosen_change_after_dpo(model, tok, pairs, tmp_path) -> float:

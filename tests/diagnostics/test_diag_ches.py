@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from alignscope.diagnostics import ches, ches_filter, final_embedding_inner_product, ln_ches, normalized_edit_distance
+from alignscope.diagnostics import (
+    ches,
+    ches_filter,
+    final_embedding_inner_product,
+    ln_ches,
+    normalized_edit_distance,
+)
 from alignscope.errors import ConfigError, DataError
 
 

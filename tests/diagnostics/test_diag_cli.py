@@ -7,12 +7,12 @@ import json
 import pytest
 
 from alignscope.cli.main import main
-from alignscope.lab.generate import pairwise_data, prompt_data
-from alignscope.lab.language import default_world
+from alignscope.world.generate import pairwise_data, prompt_data
+from alignscope.world.language import default_world
 
 NOISY_RM = '''
 import random
-from alignscope.lab.gold import gold_rewards
+from alignscope.world.gold import gold_rewards
 
 def noisy(prompts, responses):
     rng = random.Random(0)

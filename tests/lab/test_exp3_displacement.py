@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from alignscope.lab import default_world, is_refusal
-from alignscope.lab.generate import refusal_opener_pairs
+from alignscope.world import default_world, is_refusal
+from alignscope.world.generate import refusal_opener_pairs
 
 
 def test_refusal_opener_pairs_are_two_refusals_with_the_plain_one_chosen():

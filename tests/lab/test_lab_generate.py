@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from alignscope.lab.generate import (
+from alignscope.world.generate import (
     candidate_responses,
     corpus,
     pairwise_data,
@@ -22,8 +22,8 @@ from alignscope.lab.generate import (
     single_token_pairs,
     unpaired_data,
 )
-from alignscope.lab.gold import gold_reward, is_refusal
-from alignscope.lab.language import (
+from alignscope.world.gold import gold_reward, is_refusal
+from alignscope.world.language import (
     World,
     canonical_words,
     default_world,

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from alignscope.errors import DataError
-from alignscope.lab.gold import (
+from alignscope.world.gold import (
     GoldReward,
     GoldWeights,
     bt_probability,
@@ -17,7 +17,7 @@ from alignscope.lab.gold import (
     is_refusal,
     refusal_rate,
 )
-from alignscope.lab.language import COLOURS, World, chat, default_world
+from alignscope.world.language import COLOURS, World, chat, default_world
 
 
 @pytest.fixture(scope="module")

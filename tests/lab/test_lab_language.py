@@ -7,7 +7,7 @@ import random
 import pytest
 
 from alignscope.errors import DataError
-from alignscope.lab.language import (
+from alignscope.world.language import (
     KINDS,
     World,
     canonical_words,

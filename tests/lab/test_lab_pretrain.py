@@ -8,9 +8,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from alignscope.lab import pretrain as pt
-from alignscope.lab.generate import prompt_data
-from alignscope.lab.language import default_world, is_wellformed
+from alignscope.world import pretrain as pt
+from alignscope.world.generate import prompt_data
+from alignscope.world.language import default_world, is_wellformed
 
 
 @pytest.fixture(scope="module")

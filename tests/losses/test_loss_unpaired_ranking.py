@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from alignscope.losses.preference import preference_loss
-from alignscope.losses.ranking import curry_pairs, plackett_luce_dpo_loss, plackett_luce_loss, pro_loss
+from alignscope.losses.ranking import (
+    curry_pairs,
+    plackett_luce_dpo_loss,
+    plackett_luce_loss,
+    pro_loss,
+)
 from alignscope.losses.unpaired import bco_loss, kto_kl_estimate, kto_loss
 
 

@@ -8,7 +8,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    LlamaConfig,
+    MistralConfig,
+    Qwen2Config,
+    Qwen3Config,
+)
 
 from alignscope.errors import ModelError
 from alignscope.models import attention, scoring
@@ -19,11 +26,11 @@ from alignscope.models.scoring import (
     build_packed_layout,
     can_pack,
     can_share_prompts,
-    sharing_pays,
     layout_for,
     prompt_groups,
     score_batch,
     score_sequences,
+    sharing_pays,
 )
 
 VOCAB = 97

@@ -14,8 +14,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alignscope.data import load_data
-from alignscope.data.records import EXAMPLE_TYPES, FORMATS, PairExample, RankedExample, prompt_text
+from alignscope.data.loader import load_data
+from alignscope.data.records import (
+    EXAMPLE_TYPES,
+    FORMATS,
+    PairExample,
+    RankedExample,
+    prompt_text,
+)
 from alignscope.data.tokenize import encode_group, render_prompt
 from alignscope.errors import AlignscopeError, DataError
 

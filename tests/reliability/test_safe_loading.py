@@ -22,8 +22,8 @@ from safetensors.torch import load_file
 
 import alignscope
 from alignscope.cli.main import main
-from alignscope.options import load_yaml
 from alignscope.errors import AlignscopeError, ConfigError, ModelError
+from alignscope.options import load_yaml
 from alignscope.training.checkpoint import list_checkpoints, load_latest
 
 SRC = Path(alignscope.__file__).parent

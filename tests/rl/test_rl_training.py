@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
-from alignscope.lab.generate import prompt_data
-from alignscope.lab.gold import gold_rewards
-from alignscope.lab.language import default_world
 from alignscope.rollout.generation import GenerationConfig, generate
 from alignscope.training.checkpoint import list_checkpoints
 from alignscope.training.rl import RLConfig, train_rl
+from alignscope.world.generate import prompt_data
+from alignscope.world.gold import gold_rewards
+from alignscope.world.language import default_world
 
 PROMPTS = [p.prompt for p in prompt_data(default_world(0), 32, seed=1)]
 

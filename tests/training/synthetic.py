@@ -6,7 +6,12 @@ import json
 import random
 from pathlib import Path
 
-from alignscope.data.records import PairExample, RankedExample, SFTExample, UnpairedExample
+from alignscope.data.records import (
+    PairExample,
+    RankedExample,
+    SFTExample,
+    UnpairedExample,
+)
 
 GOOD = ["yes it is good", "sure that works well", "indeed very good", "yes good answer"]
 BAD = ["no it is bad", "never that fails", "nope very bad", "no bad answer"]

@@ -6,8 +6,8 @@ import random
 
 from alignscope.training.loop import LENGTH_WINDOW_BATCHES, step_batches
 
-from .test_objectives import falls, run
 from . import synthetic
+from .test_objectives import falls, run
 
 
 def epoch(n, steps, gb, lengths=None, seed=0, epoch_index=0, shuffle=True):

@@ -53,7 +53,7 @@ def test_final_number_and_refusal_detector():
 
 
 def test_example_rewards_on_the_shared_data(shared_data):
-    from alignscope.data import load_data
+    from alignscope.data.loader import load_data
 
     r = rewards_module()
     gsm = load_data(shared_data / "gsm8k" / "test.jsonl", mapping={"prompt": "question", "completion": "answer"}).examples[:2]

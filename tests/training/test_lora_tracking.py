@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from alignscope.options import build_config
 from alignscope.errors import ConfigError
+from alignscope.options import build_config
 from alignscope.training.config import TrainConfig
 from alignscope.training.loop import train
 

@@ -7,8 +7,8 @@ import random
 
 import torch
 
-from alignscope.options import build_config
 from alignscope.data.records import PairExample
+from alignscope.options import build_config
 from alignscope.training.config import TrainConfig
 from alignscope.training.loop import train
 

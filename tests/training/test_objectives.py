@@ -65,9 +65,10 @@ def test_rank(tmp_path, objective):
 def test_reward_model_separable(tmp_path):
     out, rows = run(tmp_path, "rm", synthetic.pairs(64), max_steps=24, lr=3e-3, rm_heads=2)
     assert falls(rows)
+    from transformers import AutoTokenizer
+
     from alignscope.models.reward_model import RewardModel
     from alignscope.rewards.sources import ModelReward
-    from transformers import AutoTokenizer
 
     rm = RewardModel.from_pretrained(out / "final")
     tok = AutoTokenizer.from_pretrained(out / "final")

@@ -11,13 +11,13 @@ import json
 
 import pytest
 
-from alignscope.options import build_config
-from alignscope.lab.generate import prompt_data
-from alignscope.lab.language import default_world
 from alignscope.models import reward_model, scoring
+from alignscope.options import build_config
 from alignscope.training.config import TrainConfig
 from alignscope.training.loop import train
 from alignscope.training.rl import RLConfig, train_rl
+from alignscope.world.generate import prompt_data
+from alignscope.world.language import default_world
 
 from . import synthetic
 

@@ -46,8 +46,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_data(args: argparse.Namespace) -> int:
-    from alignscope.data import load_data, parse_mapping
-    from alignscope.diagnostics.data_audit import apply_filter, audit_pairs, format_summary, parse_filter, write_table
+    from alignscope.audits.data import (
+        apply_filter,
+        audit_pairs,
+        format_summary,
+        parse_filter,
+        write_table,
+    )
+    from alignscope.data.loader import load_data, parse_mapping
     from alignscope.models.loading import load_model_and_tokenizer
 
     if args.filter:
@@ -74,8 +80,12 @@ def run_data(args: argparse.Namespace) -> int:
 
 
 def run_rm(args: argparse.Namespace) -> int:
-    from alignscope.data import load_data, parse_mapping
-    from alignscope.diagnostics.rm_audit import audit_reward_models, format_table, write_outputs
+    from alignscope.audits.reward_model import (
+        audit_reward_models,
+        format_table,
+        write_outputs,
+    )
+    from alignscope.data.loader import load_data, parse_mapping
     from alignscope.models.loading import load_model_and_tokenizer
     from alignscope.rewards.sources import load_reward_source
 

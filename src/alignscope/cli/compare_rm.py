@@ -22,8 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from alignscope.atomic import write_text
-    from alignscope.data import load_data
-    from alignscope.diagnostics.compare_rm import compare_reward_models, format_comparison, implicit_rewards
+    from alignscope.audits.compare_rm import (
+        compare_reward_models,
+        format_comparison,
+        implicit_rewards,
+    )
+    from alignscope.data.loader import load_data
     from alignscope.models.loading import load_model_and_tokenizer
     from alignscope.rewards.sources import load_reward_source
 

@@ -38,8 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from alignscope.data import parse_mapping
     from alignscope.data.inspect import collect, format_report, summarize
+    from alignscope.data.loader import parse_mapping
     from alignscope.models.loading import load_tokenizer
 
     # Data problems are reported before the (slower) tokenizer is loaded.

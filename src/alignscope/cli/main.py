@@ -1,16 +1,16 @@
 """The `alignscope` command. Each subcommand lives in its own module under `alignscope.cli`
-and exposes `register(subparsers)`; user errors become a message and exit code 2."""
+and exposes `register(subparsers)`; user errors become a message and exit code 2. The command
+modules import torch and models only inside their `run`, so `--help` stays fast."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
+from alignscope.cli import audit, compare_rm, data, demo, report, sampling, train
 from alignscope.errors import AlignscopeError
 
-# Modules under alignscope.cli, each with register(subparsers).
-COMMAND_MODULES = ["data", "train", "audit", "compare_rm", "report", "demo", "rl_tools"]
+COMMAND_MODULES = (data, train, audit, compare_rm, report, demo, sampling)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,8 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Align language models from preference data, and find the pitfalls that make alignment fail.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"alignscope.cli.{name}").register(sub)
+    for module in COMMAND_MODULES:
+        module.register(sub)
     return parser
 
 

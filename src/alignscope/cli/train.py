@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from alignscope.options import build_config, load_yaml, merge, options_help, parse_overrides
+from alignscope.options import (
+    build_config,
+    load_yaml,
+    merge,
+    options_help,
+    parse_overrides,
+)
 from alignscope.training.config import METHODS, RLConfig, TrainConfig
 
 DESCRIPTIONS = {

@@ -14,8 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from alignscope.data import apply_mapping, resolve_format
-from alignscope.data.records import Example, PairExample, PromptExample, RankedExample, UnpairedExample, prompt_text
+from alignscope.data.loader import apply_mapping, resolve_format
+from alignscope.data.records import (
+    Example,
+    PairExample,
+    PromptExample,
+    RankedExample,
+    UnpairedExample,
+    prompt_text,
+)
 from alignscope.data.sources import read_rows
 from alignscope.data.tokenize import encode_group
 from alignscope.data.validate import Rejected, convert_rows, kind_of

@@ -5,11 +5,25 @@ monitor, Gao over-optimisation fits (science.md §2, §3, §5), and the detector
 warnings with a mitigation.
 """
 
-from alignscope.diagnostics.accuracy import on_policy_accuracy, per_prompt_accuracy, tie_aware_accuracy
+from alignscope.diagnostics.accuracy import (
+    on_policy_accuracy,
+    per_prompt_accuracy,
+    tie_aware_accuracy,
+)
 from alignscope.diagnostics.ches import ches, ches_filter, ln_ches
 from alignscope.diagnostics.displacement import displacement_stats, mass_gainers
-from alignscope.diagnostics.overoptimization import GaoFit, GoldPeak, fit_bon, fit_rl, gold_peak, sqrt_kl
-from alignscope.diagnostics.similarity import final_embedding_inner_product, normalized_edit_distance
+from alignscope.diagnostics.overoptimization import (
+    GaoFit,
+    GoldPeak,
+    fit_bon,
+    fit_rl,
+    gold_peak,
+    sqrt_kl,
+)
+from alignscope.diagnostics.similarity import (
+    final_embedding_inner_product,
+    normalized_edit_distance,
+)
 from alignscope.diagnostics.variance import (
     TeacherRow,
     low_variance_fraction,

@@ -14,19 +14,29 @@ import time
 from pathlib import Path
 from typing import Any
 
-
+from alignscope import run_files as rf
 from alignscope.atomic import write_text
-from alignscope.options import build_config
-from alignscope.diagnostics.data_audit import audit_pairs, dataset_findings, write_table
+from alignscope.audits.data import audit_pairs, dataset_findings, write_table
+from alignscope.audits.reward_model import (
+    audit_reward_models,
+    format_table,
+    write_outputs,
+)
 from alignscope.diagnostics.ches import ches_filter
-from alignscope.diagnostics.rm_audit import audit_reward_models, format_table, write_outputs
-from alignscope.lab.generate import pairwise_data, prompt_data, refusal_opener_pairs, refusal_pairs, sft_data
-from alignscope.lab.gold import GoldReward, NoisyGold, ScaledGold, refusal_rate
-from alignscope.lab.language import default_world
-from alignscope.lab.pretrain import pretrained_lab_model
+from alignscope.options import build_config
 from alignscope.rollout.generation import GenerationConfig, generate
 from alignscope.training.config import TrainConfig
 from alignscope.training.loop import train
+from alignscope.world.generate import (
+    pairwise_data,
+    prompt_data,
+    refusal_opener_pairs,
+    refusal_pairs,
+    sft_data,
+)
+from alignscope.world.gold import GoldReward, NoisyGold, ScaledGold, refusal_rate
+from alignscope.world.language import default_world
+from alignscope.world.pretrain import pretrained_lab_model
 
 
 def _cfg(method: str, out: Path, **kw) -> TrainConfig:
@@ -87,7 +97,7 @@ def run_demo(out: str | Path = "runs/demo", size: str = "tiny", seed: int = 0, q
     keep, drop = ches_filter([r["ln_ches"] for r in audit.rows], drop_fraction=0.5)
     for i, row in enumerate(audit.rows):
         row["flagged"] = i in set(drop)
-    write_table(audit.rows, out / "ches.csv")
+    write_table(audit.rows, out / rf.CHES_TABLE)
     similar_flagged = sum(dpo_pairs[i].meta.get("similar", False) for i in drop) / max(len(drop), 1)
     summary["audit"] = {**dataset_findings(dpo_pairs, audit.rows), "flagged_share_near_duplicates": similar_flagged}
 
@@ -99,11 +109,11 @@ def run_demo(out: str | Path = "runs/demo", size: str = "tiny", seed: int = 0, q
         model, tok = _load(sft_dir)
         train(_cfg("dpo", out / name, batch_size=8, epochs=3, lr=1e-4, beta=0.1, eval_steps=4, seed=seed),
               train_examples=subset, eval_examples=held, model=model, tokenizer=tok, log=lambda *a: None)
-        disp = [json.loads(line) for line in (out / name / "displacement.jsonl").read_text().splitlines()]
+        disp = rf.read_jsonl(out / name / rf.DISPLACEMENT)
         trained, _ = _load(out / name / "final")
         summary[name] = {"pairs": len(subset), "final_fraction_chosen_fell": disp[-1]["fraction_chosen_fell"],
                          "final_mean_chosen_change": disp[-1]["mean_chosen_change"], "refusal_rate": refusals(trained, tok, unsafe)}
-    for f in ("metrics.jsonl", "displacement.jsonl", "eval_logps.jsonl", "pitfalls.jsonl"):
+    for f in (rf.METRICS, rf.DISPLACEMENT, rf.EVAL_LOGPS, rf.PITFALLS):
         if (out / "dpo_all" / f).exists():
             shutil.copy(out / "dpo_all" / f, out / f)
 
@@ -130,13 +140,13 @@ def run_demo(out: str | Path = "runs/demo", size: str = "tiny", seed: int = 0, q
                            steps=rl_steps, prompts_per_step=8, samples_per_prompt=4, max_new_tokens=24, lr=5e-4,
                            kl_coef=0.02, seed=s, progress=False)
             train_rl(cfg, model=policy, tokenizer=tok, prompts=prompts, reward_fn=fn, gold_fn=gold, log=lambda *a: None)
-            rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            rows = rf.read_jsonl(run_dir / rf.METRICS)
             golds = [r["reward/gold_mean"] for r in rows if "reward/gold_mean" in r]
             starts.append(golds[0])
             ends.append(sum(golds[-5:]) / len(golds[-5:]))
         start, end = sum(starts) / len(starts), sum(ends) / len(ends)
         summary["rl"][name] = {"gold_start": start, "gold_end": end, "gold_gain": end - start, "seeds": rl_seeds}
-    shutil.copy(out / "rl_learned_rm" / "rl_metrics.jsonl", out / "rl_metrics.jsonl")
+    shutil.copy(out / "rl_learned_rm" / rf.RL_METRICS, out / rf.RL_METRICS)
 
     from alignscope.report import build_report
 

@@ -16,9 +16,19 @@ from alignscope.losses.ranking import (
     plackett_luce_loss,
     pro_loss,
 )
-from alignscope.losses.reward import ENSEMBLE_AGGREGATIONS, aggregate_ensemble, bt_accuracy, bt_loss
+from alignscope.losses.reward import (
+    ENSEMBLE_AGGREGATIONS,
+    aggregate_ensemble,
+    bt_accuracy,
+    bt_loss,
+)
 from alignscope.losses.sft import sft_loss
-from alignscope.losses.unpaired import UnpairedLossOutput, bco_loss, kto_kl_estimate, kto_loss
+from alignscope.losses.unpaired import (
+    UnpairedLossOutput,
+    bco_loss,
+    kto_kl_estimate,
+    kto_loss,
+)
 
 __all__ = [
     "ENSEMBLE_AGGREGATIONS",

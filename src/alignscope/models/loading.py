@@ -141,7 +141,7 @@ def load_model(
 def load_model_and_tokenizer(spec: str, *, trust_remote_code: bool = False, seed: int = 0):
     """(model, tokenizer) for any model spec, including 'lab:tiny' / 'lab:small' (the lab's pretrained models)."""
     if spec.startswith("lab:"):
-        from alignscope.lab.pretrain import pretrained_lab_model
+        from alignscope.world.pretrain import pretrained_lab_model
 
         return pretrained_lab_model(size=spec.split(":", 1)[1], seed=seed)
     return load_model(spec, trust_remote_code=trust_remote_code), load_tokenizer(spec, trust_remote_code=trust_remote_code)

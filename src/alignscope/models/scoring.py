@@ -18,7 +18,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from alignscope.errors import ModelError
-from alignscope.models.attention import PackedPlan, check_plan_ran, register_packed_attention
+from alignscope.models.attention import (
+    PackedPlan,
+    check_plan_ran,
+    register_packed_attention,
+)
 
 
 @dataclass

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import json
 import math
 import os
 from collections.abc import Iterable
@@ -21,11 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from alignscope import run_files as rf
 from alignscope.atomic import write_text
 from alignscope.diagnostics.overoptimization import GaoFit, fit_rl, gold_peak, sqrt_kl
 from alignscope.diagnostics.warnings import detect_displacement, detect_overoptimization
 from alignscope.errors import DataError
 from alignscope.report import plots
+from alignscope.run_files import read_json, read_jsonl
 
 NOT_MEASURED = '<p class="missing">not measured in this run</p>'
 CHES_COLUMNS = ("index", "ches", "ln_ches", "edit_distance", "flagged")
@@ -47,39 +48,6 @@ figure{margin:.6em 0}img{max-width:100%;height:auto;border:1px solid #eee}
 
 
 # ---------------------------------------------------------------- readers
-
-
-def _parse_json_line(text: str, path: Path, lineno: int) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"not valid JSON ({e.msg})", "fix or delete the line", source=str(path), line=lineno) from None
-
-
-def read_jsonl(path: Path, required: Iterable[str] = ("step",)) -> list[dict[str, Any]]:
-    """The JSON objects of a .jsonl file (blank lines skipped); every one must hold `required` keys."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            row = _parse_json_line(line, path, lineno)
-            if not isinstance(row, dict):
-                raise DataError(f"expected a JSON object, got {type(row).__name__}", source=str(path), line=lineno)
-            for key in required:
-                if key not in row:
-                    raise DataError("missing key", source=str(path), line=lineno, field=key)
-            rows.append({**row, "_line": lineno})
-    return rows
-
-
-def read_json(path: Path) -> Any:
-    """A whole-file JSON document; a syntax error is reported with its line."""
-    text = path.read_text(encoding="utf-8")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"not valid JSON ({e.msg})", source=str(path), line=e.lineno) from None
 
 
 def _number(value: Any, path: Path, line: int, field: str, allow_none: bool = False) -> float | None:
@@ -191,7 +159,7 @@ def _section(anchor: str, title: str, body: str) -> str:
 
 
 def _training_section(run: Path) -> str:
-    path = run / "metrics.jsonl"
+    path = run / rf.METRICS
     if not path.exists():
         return NOT_MEASURED
     series = _series(read_jsonl(path), path)
@@ -206,7 +174,7 @@ def _training_section(run: Path) -> str:
 
 
 def _displacement_section(run: Path) -> tuple[str, list[dict[str, Any]]]:
-    path = run / "displacement.jsonl"
+    path = run / rf.DISPLACEMENT
     if not path.exists():
         return NOT_MEASURED, []
     rows = read_jsonl(path)
@@ -221,12 +189,12 @@ def _displacement_section(run: Path) -> tuple[str, list[dict[str, Any]]]:
              'moves to other responses, harmlessly or to ones opposite in meaning.</p>')
     derived = []
     if all(k in last for k in ("fraction_chosen_fell", "mean_chosen_change")) and last["step"] != 0:
-        derived = [{**p.__dict__, "step": last["step"], "source": "displacement.jsonl"} for p in detect_displacement(last)]
+        derived = [{**p.__dict__, "step": last["step"], "source": rf.DISPLACEMENT} for p in detect_displacement(last)]
     return body, derived
 
 
 def _ches_section(run: Path) -> str:
-    path = run / "ches.csv"
+    path = run / rf.CHES_TABLE
     if not path.exists():
         return NOT_MEASURED
     rows = read_ches_csv(path)
@@ -249,7 +217,7 @@ def _ches_section(run: Path) -> str:
 
 
 def _variance_section(run: Path) -> str:
-    path = run / "reward_variance.json"
+    path = run / rf.REWARD_VARIANCE
     if not path.exists():
         return NOT_MEASURED
     data = read_json(path)
@@ -264,7 +232,7 @@ def _variance_section(run: Path) -> str:
     body += _table(["RM", "prompts", "mean", "median", "min", "max"],
                    [[n, len(v), float(np.mean(v)), float(np.median(v)), min(v), max(v)] for n, v in variances.items()],
                    text_cols=[0])
-    table_path = run / "teacher_table.json"
+    table_path = run / rf.TEACHER_TABLE
     if table_path.exists():
         table = read_json(table_path)
         if not isinstance(table, list) or not all(isinstance(r, dict) and "name" in r for r in table):
@@ -279,7 +247,7 @@ def _variance_section(run: Path) -> str:
 
 
 def _overopt_section(run: Path) -> tuple[str, list[dict[str, Any]]]:
-    path = run / "rl_metrics.jsonl"
+    path = run / rf.RL_METRICS
     if not path.exists():
         return NOT_MEASURED, []
     rows = read_jsonl(path)
@@ -306,7 +274,7 @@ def _overopt_section(run: Path) -> tuple[str, list[dict[str, Any]]]:
         if proxy is not None:
             notes.append("Over-optimisation detected: the proxy kept rising after the gold peak."
                          if peak.overoptimized else "No over-optimisation detected.")
-            derived = [{**p.__dict__, "source": "rl_metrics.jsonl"} for p in detect_overoptimization(steps, proxy, gold)]
+            derived = [{**p.__dict__, "source": rf.RL_METRICS} for p in detect_overoptimization(steps, proxy, gold)]
     else:
         notes.append("No gold reward logged: over-optimisation cannot be measured.")
     png = plots.overoptimization(steps, proxy, gold, d, fit)
@@ -318,7 +286,7 @@ def _read_pitfalls(run: Path) -> list[dict[str, Any]] | None:
     """Pitfalls from pitfalls.json (a list) or pitfalls.jsonl (the training monitor's log, one per
     eval point: only the latest of each name is kept). None when neither file exists."""
     found: dict[str, dict[str, Any]] = {}
-    json_path, jsonl_path = run / "pitfalls.json", run / "pitfalls.jsonl"
+    json_path, jsonl_path = run / rf.PITFALLS_LIST, run / rf.PITFALLS
     if not json_path.exists() and not jsonl_path.exists():
         return None
     if json_path.exists():
@@ -390,5 +358,5 @@ def render_report(run_dir: str | os.PathLike) -> str:
 def build_report(run_dir: str | os.PathLike) -> Path:
     """Write `run_dir/report.html` atomically (temp file, then rename) and return its path."""
     page = render_report(run_dir)
-    out = Path(run_dir) / "report.html"
+    out = Path(run_dir) / rf.REPORT
     return write_text(out, page)

@@ -9,7 +9,12 @@ from alignscope.rewards.sources import (
     import_reward_function,
     load_reward_source,
 )
-from alignscope.rewards.transforms import RewardTransform, Standardizer, clip, log_sigmoid_centring
+from alignscope.rewards.transforms import (
+    RewardTransform,
+    Standardizer,
+    clip,
+    log_sigmoid_centring,
+)
 
 __all__ = [
     "EnsembleReward",

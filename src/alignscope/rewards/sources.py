@@ -274,7 +274,7 @@ def load_reward_source(spec: str | RewardFn, **kw: Any) -> RewardSource:
         return FunctionReward(spec)
     spec = str(spec)
     if spec == "lab:gold":
-        from alignscope.lab.gold import gold_rewards
+        from alignscope.world.gold import gold_rewards
 
         return FunctionReward(gold_rewards)
     path = Path(spec)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from alignscope.data.records import PairExample, RankedExample, SFTExample, UnpairedExample
+from alignscope.data.records import (
+    PairExample,
+    RankedExample,
+    SFTExample,
+    UnpairedExample,
+)
 from alignscope.data.tokenize import TokenizeStats, encode_group
 from alignscope.errors import DataError
 

@@ -23,15 +23,27 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from alignscope import run_files as rf
 from alignscope.atomic import atomic_path, write_text
-from alignscope.diagnostics.displacement import mass_gainers
 from alignscope.errors import ConfigError, TrainingError
-from alignscope.models.scoring import Scorer, body_and_head, check_context, pad_token_id, score_sequences
+from alignscope.models.scoring import (
+    Scorer,
+    check_context,
+    pad_token_id,
+    score_sequences,
+)
 from alignscope.training import checkpoint as ckpt
 from alignscope.training.config import TrainConfig
 from alignscope.training.items import Item, to_items
 from alignscope.training.metrics import MetricsLogger
-from alignscope.training.objectives import OBJECTIVES, Context, curry_items, kto_reference_sequences, needs_reference
+from alignscope.training.monitor import evaluate, log_eval_point
+from alignscope.training.objectives import (
+    OBJECTIVES,
+    Context,
+    curry_items,
+    kto_reference_sequences,
+    needs_reference,
+)
 
 
 def seed_everything(seed: int) -> None:
@@ -42,7 +54,7 @@ def seed_everything(seed: int) -> None:
 
 def load_examples(cfg: TrainConfig, source: Any):
     """Records of one data source; with on_error=skip, rejected rows go to the run folder (never beside the data)."""
-    from alignscope.data import load_data
+    from alignscope.data.loader import load_data
 
     rejects = Path(cfg.output_dir) / f"rejects-{Path(str(source)).name.split('.', 1)[0]}.jsonl"  # data.jsonl.gz -> rejects-data.jsonl
     return load_data(source, format=cfg.format, mapping=cfg.map or None, on_error=cfg.on_error, rejects_path=rejects,
@@ -148,50 +160,6 @@ def _epoch_order(n_items: int, epoch: int, steps_per_epoch: int, global_batch: i
     if shuffle:
         batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
     return [i for b in batches for i in b]
-
-
-def evaluate(model, eval_items: list[Item], ref: dict[int, list[float]] | None, pad_id: int, beta: float, batch_size: int) -> dict[str, Any]:
-    """Per-pair chosen/rejected log-probs on held-out pairs, ranking and implicit-reward accuracy."""
-    out = score_sequences(
-        model, [it.prompt_ids for it in eval_items for _ in it.responses[:2]],
-        [r for it in eval_items for r in it.responses[:2]], pad_id=pad_id, batch_size=batch_size,
-    )
-    lp = out.logps.view(-1, 2)
-    res = {"chosen": lp[:, 0].tolist(), "rejected": lp[:, 1].tolist(), "ranking_accuracy": float((lp[:, 0] > lp[:, 1]).float().mean())}
-    if ref is not None:
-        r = torch.tensor([ref[i][:2] for i in range(len(eval_items))])
-        margin = beta * ((lp[:, 0] - r[:, 0]) - (lp[:, 1] - r[:, 1]))
-        res["implicit_reward_accuracy"] = float(((margin > 0).float() + 0.5 * (margin == 0).float()).mean())
-    short = [it for it in eval_items if len(it.responses[0]) <= SHORT_RESPONSE_TOKENS]
-    if short:
-        res["first_token_probs"] = first_token_probs(model, short, pad_id, batch_size)
-    return res
-
-
-SHORT_RESPONSE_TOKENS = 3  # chosen responses this short (EOS included) get the "where did the mass go" monitor
-
-
-@torch.no_grad()
-def first_token_probs(model, items: list[Item], pad_id: int, batch_size: int) -> torch.Tensor:
-    """Mean next-token distribution [V] at the first response position of `items`.
-
-    Scoring a one-token response makes the engine's `hidden_sum` exactly the hidden state that
-    predicts it, so the full-vocabulary softmax is taken at that one position only.
-    """
-    out = score_sequences(model, [it.prompt_ids for it in items], [it.responses[0][:1] for it in items],
-                          pad_id=pad_id, batch_size=batch_size, return_hidden=True)
-    _, head = body_and_head(model)
-    logits = head(out.hidden_sum.to(device=head.weight.device, dtype=head.weight.dtype)).float()
-    return torch.softmax(logits, dim=-1).mean(0).cpu()
-
-
-def log_eval_point(metrics_log: MetricsLogger, step: int, now: dict[str, Any], start: dict[str, Any], start_probs, tokenizer) -> None:
-    """One monitor point: displacement against the start and, for short responses, the tokens that gained mass."""
-    probs = now.pop("first_token_probs", None)
-    gainers = None
-    if probs is not None and start_probs is not None and step > 0:
-        gainers = [{"token": tokenizer.decode([i]), "id": i, "gain": round(g, 6)} for i, g in mass_gainers(start_probs, probs, top_k=5)]
-    metrics_log.eval_point(step, now, start, mass_gainers=gainers)
 
 
 def add_lora(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
@@ -320,7 +288,7 @@ def train(
     start_step, skipped = 0, 0
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_text(out_dir / "config.json", json.dumps(asdict(cfg), indent=1, default=str))
+        write_text(out_dir / rf.CONFIG, json.dumps(asdict(cfg), indent=1, default=str))
     if resume:
         found = ckpt.load_latest(out_dir, log=say)
         if found is None:
@@ -338,7 +306,7 @@ def train(
     eval_start = start_probs = None
     eval_every = cfg.eval_steps
     if eval_items and is_main:
-        start_file, probs_file = out_dir / "eval_start.json", out_dir / "eval_start_probs.safetensors"
+        start_file, probs_file = out_dir / rf.EVAL_START, out_dir / rf.EVAL_START_PROBS
         if start_step > 0 and start_file.exists():
             eval_start = json.loads(start_file.read_text())
             start_probs = load_file(str(probs_file))["probs"] if probs_file.exists() else None

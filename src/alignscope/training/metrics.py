@@ -3,29 +3,12 @@ per-pair evaluation log-probs and displacement statistics that the monitor and r
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from alignscope.atomic import write_text
+from alignscope import run_files as rf
 from alignscope.diagnostics.displacement import displacement_stats
 from alignscope.diagnostics.warnings import Pitfall, detect_displacement, format_pitfall
-
-FILES = ("metrics.jsonl", "eval_logps.jsonl", "displacement.jsonl", "pitfalls.jsonl", "reward_variance.jsonl", "rl_metrics.jsonl")
-
-
-def _truncate(path: Path, after_step: int) -> None:
-    """Drop lines logged after `after_step` (a resumed run re-logs them identically)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= after_step:
-                keep.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a line cut by a kill
-    write_text(path, "".join(k + "\n" for k in keep))
 
 
 class MetricsLogger:
@@ -36,9 +19,9 @@ class MetricsLogger:
         if not enabled:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        for name in FILES:
+        for name in rf.STEP_LOGS:
             if truncate_after:
-                _truncate(self.out_dir / name, truncate_after)
+                rf.truncate_jsonl(self.out_dir / name, truncate_after)
             else:
                 (self.out_dir / name).unlink(missing_ok=True)
         if "tensorboard" in report_to:
@@ -57,13 +40,12 @@ class MetricsLogger:
                 log("alignscope: wandb is not installed; logging to metrics.jsonl only")
 
     def append_jsonl(self, name: str, row: dict[str, Any]) -> None:
-        with open(self.out_dir / name, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        rf.append_jsonl(self.out_dir / name, row)
 
     def log(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        self.append_jsonl("metrics.jsonl", row)
+        self.append_jsonl(rf.METRICS, row)
         step = row["step"]
         for k, v in row.items():
             if k != "step" and isinstance(v, (int, float)):
@@ -79,14 +61,14 @@ class MetricsLogger:
         """
         if not self.enabled:
             return {}
-        self.append_jsonl("eval_logps.jsonl", {"step": step, "chosen": now["chosen"], "rejected": now["rejected"]})
+        self.append_jsonl(rf.EVAL_LOGPS, {"step": step, "chosen": now["chosen"], "rejected": now["rejected"]})
         stats = displacement_stats(start["chosen"], now["chosen"], start["rejected"], now["rejected"])
         row = {"step": step, **stats}
         if "implicit_reward_accuracy" in now:
             row["implicit_reward_accuracy"] = now["implicit_reward_accuracy"]
         if mass_gainers:
             row["mass_gainers"] = mass_gainers
-        self.append_jsonl("displacement.jsonl", row)
+        self.append_jsonl(rf.DISPLACEMENT, row)
         if step > 0:
             for pitfall in detect_displacement(stats):
                 if mass_gainers:
@@ -104,7 +86,7 @@ class MetricsLogger:
         """Record a detected pitfall in pitfalls.jsonl (the report lists them) and, with `say`, print it."""
         if say:
             self.say(f"alignscope: warning: {format_pitfall(pitfall)} (step {step})")
-        self.append_jsonl("pitfalls.jsonl", {"step": step, **pitfall.__dict__})
+        self.append_jsonl(rf.PITFALLS, {"step": step, **pitfall.__dict__})
 
     def close(self) -> None:
         if self.tb is not None:

@@ -11,7 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
-from alignscope.losses.preference import REFERENCE_FREE, combined_preference_loss, orpo_loss
+from alignscope.losses.preference import (
+    REFERENCE_FREE,
+    combined_preference_loss,
+    orpo_loss,
+)
 from alignscope.losses.ranking import plackett_luce_loss
 from alignscope.losses.reward import bt_loss
 from alignscope.losses.sft import sft_loss

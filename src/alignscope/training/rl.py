@@ -18,10 +18,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from alignscope import run_files as rf
 from alignscope.atomic import write_text
 from alignscope.diagnostics.overoptimization import fit_rl, gold_peak, sqrt_kl
 from alignscope.diagnostics.variance import per_prompt_variance
-from alignscope.diagnostics.warnings import detect_flat_objective, detect_overoptimization
+from alignscope.diagnostics.warnings import (
+    detect_flat_objective,
+    detect_overoptimization,
+)
 from alignscope.errors import DataError, TrainingError
 from alignscope.losses import policy_gradient as pg
 from alignscope.models.scoring import Scorer, pad_token_id, score_batch
@@ -30,6 +34,7 @@ from alignscope.rollout.generation import GenerationConfig, generate
 from alignscope.training import checkpoint as ckpt
 from alignscope.training.config import ALGORITHMS, RLConfig  # noqa: F401 (re-exported: alignscope.training.rl.RLConfig)
 from alignscope.training.metrics import MetricsLogger
+
 
 def _pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     t = max(len(r) for r in rows)
@@ -85,8 +90,8 @@ def overoptimization_summary(out_dir: Path, logger: MetricsLogger) -> dict | Non
     """Proxy vs gold vs sqrt(KL) over the whole run (resumed parts included): where the gold reward
     peaked, the nearest kept checkpoint, and Gao et al.'s RL form fitted to the gold gain.
     Written to `overoptimization.json`; a detected over-optimisation is logged as a pitfall."""
-    path = out_dir / "rl_metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    path = out_dir / rf.RL_METRICS
+    rows = rf.read_jsonl(path) if path.exists() else []
     rows = [r for r in rows if r.get("gold_reward") is not None]
     if len(rows) < 3:
         return None
@@ -103,7 +108,7 @@ def overoptimization_summary(out_dir: Path, logger: MetricsLogger) -> dict | Non
         summary["gao_fit_rl"] = {"error": str(e)}
     for pitfall in detect_overoptimization(steps, proxy, gold):
         logger.pitfall(steps[-1], pitfall)
-    write_text(out_dir / "overoptimization.json", json.dumps(summary, indent=1))
+    write_text(out_dir / rf.OVEROPTIMIZATION, json.dumps(summary, indent=1))
     return summary
 
 
@@ -116,14 +121,14 @@ def train_rl(
     out_dir = Path(cfg.output_dir)
 
     # --- data, policy, reference, rewards (each can fail on bad input: before the run folder is written)
-    from alignscope.data import load_data
+    from alignscope.data.loader import load_data
 
     if prompts is None:
         prompts = [ex.prompt for ex in load_data(cfg.prompts, format=cfg.format, mapping=cfg.map or None,
                                                    as_chat=cfg.as_chat).examples]
     if model is None:
-        from alignscope.training.loop import build_policy
         from alignscope.training.config import TrainConfig
+        from alignscope.training.loop import build_policy
 
         model, tokenizer = build_policy(TrainConfig(model=cfg.model, data=cfg.prompts, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code), [])
     reference = copy.deepcopy(model).eval().requires_grad_(False)
@@ -131,7 +136,7 @@ def train_rl(
     if gold_fn is None and cfg.gold:
         gold_fn = load_reward_source(cfg.gold)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(out_dir / "config.json", json.dumps(asdict(cfg), indent=1, default=str))
+    write_text(out_dir / rf.CONFIG, json.dumps(asdict(cfg), indent=1, default=str))
     pad_id = pad_token_id(tokenizer)
     scorer = Scorer(model)
     value_head = None
@@ -265,9 +270,9 @@ def train_rl(
                 row["reward/gold_mean"] = float(torch.as_tensor(gold_fn(flat_prompts, texts), dtype=torch.float32).mean())
         logger.log(row)
         if "reward/proxy_mean" in row:
-            logger.append_jsonl("rl_metrics.jsonl", {"step": step + 1, "proxy_reward": row["reward/proxy_mean"],
+            logger.append_jsonl(rf.RL_METRICS, {"step": step + 1, "proxy_reward": row["reward/proxy_mean"],
                                                      "gold_reward": row.get("reward/gold_mean"), "kl": row["kl"]})
-        logger.append_jsonl("reward_variance.jsonl", {"step": step + 1, "variances": var.tolist() if len(kept_p) else []})
+        logger.append_jsonl(rf.REWARD_VARIANCE_STEPS, {"step": step + 1, "variances": var.tolist() if len(kept_p) else []})
         if len(kept_p) and not warned_flat and cfg.samples_per_prompt > 1:
             # The paper's estimator: per-prompt variance of rewards standardised over all of the step's samples.
             for pitfall in detect_flat_objective(var / (rewards_pn.var() + 1e-12)):

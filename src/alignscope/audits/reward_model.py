@@ -14,10 +14,16 @@ from typing import Any, Callable
 
 import numpy as np
 
+from alignscope import run_files as rf
 from alignscope.atomic import write_text
 from alignscope.data.records import PairExample, Prompt
 from alignscope.diagnostics.accuracy import tie_aware_accuracy
-from alignscope.diagnostics.variance import low_variance_fraction, per_prompt_variance, standardize_global, teacher_table
+from alignscope.diagnostics.variance import (
+    low_variance_fraction,
+    per_prompt_variance,
+    standardize_global,
+    teacher_table,
+)
 from alignscope.rewards.sources import call_reward
 from alignscope.rollout.generation import GenerationConfig, generate
 
@@ -65,7 +71,7 @@ def audit_reward_models(
 
 def write_outputs(result: dict[str, Any], out_dir: Path) -> None:
     """reward_variance.json and teacher_table.json: the inputs of the report's reward-variance section."""
-    for name, obj in (("reward_variance.json", result["variances"]), ("teacher_table.json", result["teacher_table"]), ("rm_audit.json", result)):
+    for name, obj in ((rf.REWARD_VARIANCE, result["variances"]), (rf.TEACHER_TABLE, result["teacher_table"]), (rf.RM_AUDIT, result)):
         write_text(Path(out_dir) / name, json.dumps(obj, indent=1))
 
 

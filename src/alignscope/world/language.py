@@ -232,7 +232,7 @@ def parse_prompt(prompt: Prompt) -> PromptInfo:
         return info
     raise DataError(
         f"not a prompt of the lab language: {text[:80]!r}",
-        "build lab prompts with World.prompt() or alignscope.lab.generate.prompt_data()",
+        "build lab prompts with World.prompt() or alignscope.world.generate.prompt_data()",
     )
 
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 from alignscope.data.records import Prompt
 from alignscope.errors import DataError
-from alignscope.lab.language import (
+from alignscope.world.language import (
     ATTRIBUTES,
     CATEGORIES,
     PromptInfo,

@@ -20,7 +20,10 @@ from alignscope.atomic import atomic_path, write_text
 from alignscope.data.records import PairExample, prompt_text
 from alignscope.data.tokenize import TokenizeStats, encode_group
 from alignscope.diagnostics.ches import ches, ches_filter, ln_ches
-from alignscope.diagnostics.similarity import final_embedding_inner_product, normalized_edit_distance
+from alignscope.diagnostics.similarity import (
+    final_embedding_inner_product,
+    normalized_edit_distance,
+)
 from alignscope.errors import DataError, did_you_mean
 from alignscope.models.scoring import pad_token_id, score_sequences
 

@@ -13,9 +13,16 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from alignscope.data.records import PairExample, Prompt, PromptExample, RankedExample, SFTExample, UnpairedExample
-from alignscope.lab.gold import GoldWeights, bt_probability, gold_reward
-from alignscope.lab.language import (
+from alignscope.data.records import (
+    PairExample,
+    Prompt,
+    PromptExample,
+    RankedExample,
+    SFTExample,
+    UnpairedExample,
+)
+from alignscope.world.gold import GoldWeights, bt_probability, gold_reward
+from alignscope.world.language import (
     AFFIRM_EMPHATIC,
     AFFIRM_PLAIN,
     ATTRIBUTES,

@@ -29,9 +29,15 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from alignscope.data.records import Prompt
 from alignscope.errors import ConfigError
-from alignscope.lab.gold import gold_rewards
-from alignscope.lab.generate import corpus, prompt_data
-from alignscope.lab.language import LANGUAGE_VERSION, World, canonical_words, is_wellformed, parse_prompt
+from alignscope.world.generate import corpus, prompt_data
+from alignscope.world.gold import gold_rewards
+from alignscope.world.language import (
+    LANGUAGE_VERSION,
+    World,
+    canonical_words,
+    is_wellformed,
+    parse_prompt,
+)
 
 PRETRAIN_VERSION = 1
 INFO_FILE = "lab_pretrain.json"

@@ -40,10 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _sample(args):
-    from alignscope.data import load_data, parse_mapping
+    from alignscope.data.loader import load_data, parse_mapping
     from alignscope.models.loading import load_model_and_tokenizer
-    from alignscope.rollout.generation import GenerationConfig, generate
     from alignscope.rewards.sources import call_reward, load_reward_source
+    from alignscope.rollout.generation import GenerationConfig, generate
 
     prompts = [ex.prompt for ex in load_data(args.prompts, mapping=parse_mapping(args.map), as_chat=args.as_chat).examples][: args.limit]
     if not prompts or args.n < 1:
@@ -62,7 +62,7 @@ def _sample(args):
 
 def run_select(args: argparse.Namespace) -> int:
     from alignscope.atomic import write_text
-    from alignscope.diagnostics.data_audit import write_jsonl
+    from alignscope.audits.data import write_jsonl
     from alignscope.diagnostics.variance import per_prompt_variance
     from alignscope.errors import ConfigError
 
@@ -90,10 +90,9 @@ def run_select(args: argparse.Namespace) -> int:
 def run_bon(args: argparse.Namespace) -> int:
     import torch
 
+    from alignscope.audits.data import write_jsonl
     from alignscope.losses.policy_gradient import best_of_n_kl_bound
     from alignscope.rewards.sources import load_reward_source
-
-    from alignscope.diagnostics.data_audit import write_jsonl
 
     prompts, ro, flat, rewards = _sample(args)
     best = rewards.argmax(dim=1)
