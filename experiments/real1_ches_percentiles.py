@@ -19,7 +19,7 @@ Run: .venv/bin/python experiments/real1_ches_percentiles.py --out runs/experimen
 from __future__ import annotations
 
 import copy
-import json
+import shutil
 import time
 from pathlib import Path
 
@@ -28,7 +28,7 @@ import numpy as np
 from alignscope import run_files as rf
 from alignscope.audits.data import audit_pairs
 from alignscope.data.loader import load_data
-from alignscope.lab.experiment import fresh_dir, parse_args, pyplot, save_figure
+from alignscope.lab.experiment import finish, fresh_dir, parse_args, pyplot, save_figure
 from alignscope.models.loading import load_model_and_tokenizer
 from alignscope.options import build_config
 from alignscope.training.config import TrainConfig
@@ -64,7 +64,10 @@ def bootstrap_ci(falls: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[
 
 
 def dpo_change(model, tok, pairs: list, out: Path, s: dict, seed: int, path: Path) -> np.ndarray:
-    """One DPO epoch from `model`'s weights on `pairs`; the per-pair change of log pi(y+|x)."""
+    """One DPO epoch from `model`'s weights on `pairs`; the per-pair change of log pi(y+|x).
+
+    The run folder is deleted once its log-probs are read: each holds a full model copy, and a few
+    hundred of them fill a disk."""
     cfg = build_config(TrainConfig, {
         "method": "dpo", "data": str(path), "output_dir": str(out), "max_length": s["max_length"],
         "max_prompt_length": s["max_prompt_length"], "lr": s["lr"], "beta": s["beta"], "batch_size": s["batch_size"],
@@ -72,6 +75,7 @@ def dpo_change(model, tok, pairs: list, out: Path, s: dict, seed: int, path: Pat
     })
     train(cfg, train_examples=pairs, eval_examples=pairs, model=copy.deepcopy(model), tokenizer=tok, log=lambda *a: None)
     rows = rf.read_jsonl(out / rf.EVAL_LOGPS)
+    shutil.rmtree(out)
     return np.array(rows[-1]["chosen"]) - np.array(rows[0]["chosen"])
 
 
@@ -157,9 +161,7 @@ def run(out: str | Path, seed: int = 0, quick: bool = False, datasets: list[str]
     for name in s["datasets"]:
         result["datasets"][name] = run_dataset(name, model, tok, s, out, seed, log)
     result["seconds"] = time.time() - t0
-    (out / "results.json").write_text(json.dumps(result, indent=1, default=float))
-    plot(result, out / "ches_percentiles.png")
-    log(table(result))
+    finish(out, result, plot, "ches_percentiles.png", table, log)
     log(f"wall time {result['seconds']:.0f} s")
     return result
 
