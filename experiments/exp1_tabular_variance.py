@@ -1,4 +1,4 @@
-"""Experiment 1: with a softmax policy, low reward variance means slow optimisation (science.md §2).
+"""Experiment 1: with a softmax policy, low reward variance means slow optimisation (docs/science.md, "Reward variance").
 
 Razin et al. (2025) prove that the time for the expected reward, measured by *any* reward function,
 to rise by an additive constant is Omega(E_x[Var_{y~pi_ref}[r_RM(x, y)]]^(-1/3)) for general

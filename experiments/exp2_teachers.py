@@ -1,4 +1,4 @@
-"""Experiment 2: which reward model is the better teacher? Accuracy is not enough (science.md §2).
+"""Experiment 2: which reward model is the better teacher? Accuracy is not enough (docs/science.md, "Reward variance").
 
 Razin et al. (2025): across reward models used to train the same policy with RLOO, the reward
 variance an RM induces under the policy predicts how fast the proxy reward rises (Pearson 0.98),
@@ -135,10 +135,10 @@ def run(out: str | Path, seed: int = 0, quick: bool = False, log=print) -> dict:
             stamp(f"RLOO with {name}, seed {s}")
             policy = copy.deepcopy(sft)
             run_dir = work / f"rl_{len(rows)}_{s}"
-            cfg = RLConfig(algorithm="rloo", prompts="<memory>", reward="<object>", output_dir=str(run_dir),
+            cfg = RLConfig(algorithm="rloo", output_dir=str(run_dir),
                            steps=steps, prompts_per_step=8, samples_per_prompt=4, max_new_tokens=24, lr=5e-4, kl_coef=0.02,
                            seed=s, progress=False)
-            train_rl(cfg, model=policy, tokenizer=tok, prompts=train_prompts, reward_fn=fn, gold_fn=gold, log=quiet)
+            train_rl(cfg, model=policy, tokenizer=tok, prompts=train_prompts, reward=fn, gold=gold, log=quiet)
             p2, t2 = sample(policy, tok, eval_prompts, 8, seed + 1)
             gains.append(mean_reward(gold, p2, t2) - gold_start)
             proxy_gains.append(mean_reward(fn, p2, t2) - proxy_start)

@@ -1,4 +1,4 @@
-"""Experiment 3: likelihood displacement in DPO, and the CHES filter (science.md §3).
+"""Experiment 3: likelihood displacement in DPO, and the CHES filter (docs/science.md, "Likelihood displacement").
 
 Razin et al. (2024) show that DPO can lower log pi(y+|x) and move the mass to responses the data
 never mentioned, sometimes ones that mean the opposite of y+; that the CHES score of a pair predicts
@@ -96,7 +96,7 @@ def single_token(sft, tok, world, out: Path, quick: bool, seed: int, lr: float, 
             model = copy.deepcopy(sft)
             before = first_token_probs(model, tok, prompt)
             train(train_cfg("dpo", out / "single", batch_size=1, epochs=30, lr=lr, beta=0.1, scheduler="constant", seed=seed),
-                  train_examples=[PairExample(prompt, c, r)], model=model, tokenizer=tok, log=quiet)
+                  train_examples=[PairExample(prompt, c, r)], model=model, tokenizer=tok, log=quiet, overwrite=True)
             after = first_token_probs(model, tok, prompt)
             opposite = [w for w in ANSWERS if (w in AFFIRM) != (c in AFFIRM)]
             gain = {w: float(after[ids[w]] - before[ids[w]]) for w in opposite}
@@ -131,7 +131,8 @@ def chosen_change(sft, tok, pairs: list[PairExample], out: Path, seed: int) -> f
     model = copy.deepcopy(sft)
     prompts, chosen = [p.prompt for p in pairs], [p.chosen for p in pairs]
     before = sequence_logps(model, tok, prompts, chosen)
-    train(train_cfg("dpo", out, batch_size=4, epochs=1, lr=1e-3, beta=0.1, seed=seed), train_examples=pairs, model=model, tokenizer=tok, log=quiet)
+    train(train_cfg("dpo", out, batch_size=4, epochs=1, lr=1e-3, beta=0.1, seed=seed), train_examples=pairs, model=model, tokenizer=tok, log=quiet,
+          overwrite=True)
     return float((sequence_logps(model, tok, prompts, chosen) - before).mean())
 
 
@@ -177,7 +178,7 @@ def refusal_filter(sft, tok, world, out: Path, seeds: list[int], lr: float, epoc
         for name, subset in (("all", pairs), ("ches_filtered", [pairs[i] for i in keep])):
             model = copy.deepcopy(sft)
             train(train_cfg("dpo", out / f"refusal_{name}", batch_size=8, epochs=epochs, lr=lr, beta=0.1, seed=s),
-                  train_examples=subset, model=model, tokenizer=tok, log=quiet)
+                  train_examples=subset, model=model, tokenizer=tok, log=quiet, overwrite=True)
             rates = refusal_rates(model, tok, unsafe)
             runs.append({"seed": s, "data": name, "pairs": len(subset), "two_refusal_share": float(np.mean([p.meta["change"] == "rude_opener" for p in subset])), **rates})
             log(f"   seed {s} {name:>13} ({len(subset)} pairs): refusal {rates['greedy']:.0%} greedy, {rates['sampled']:.0%} sampled  e.g. {rates['example'][:60]!r}")

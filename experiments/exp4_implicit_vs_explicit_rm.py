@@ -4,7 +4,7 @@ Razin, Lin, Yao, Arora (2025) train an explicit RM (a linear head on the last hi
 implicit RM (β·log π/π_ref, i.e. DPO) with the same Bradley-Terry loss on the same data from the
 same base model, then score held-out pairs and the same pairs with paraphrased responses. The
 implicit RM leans on token identity, so a paraphrase (same meaning, other tokens) costs it more
-accuracy than it costs the explicit RM (science.md §4).
+accuracy than it costs the explicit RM (docs/science.md, "Implicit reward models").
 
 The lab version: SFT the lab's tiny model, then from that SFT model train a DPO policy and a
 Bradley-Terry RM on the same gold-labelled pairs with the same optimiser settings, and compare
@@ -39,7 +39,7 @@ from alignscope.world import (
 )
 from alignscope.world.pretrain import load_lab_model
 
-PAPER = {  # science.md §4: UltraFeedback, mean over six models (EX-RM vs IM-RM), and the controlled persona setting
+PAPER = {  # docs/science.md, "Implicit reward models": UltraFeedback, mean over six models (EX-RM vs IM-RM), and the controlled persona setting
     "in-distribution": {"explicit": 0.752, "implicit": 0.646},
     "paraphrased": {"explicit": 0.665, "implicit": 0.602},
     "persona_paraphrased": {"explicit": 1.00, "implicit": 0.02},
@@ -68,7 +68,7 @@ SYNONYM_WORDS = [("yes", "sure"), ("no", "nope"), ("indeed", "certainly"), ("nev
 
 def unembedding_cosines(model, tok) -> dict[str, float]:
     """Mean cosine between the unembedding rows of synonym tokens, and of the same words paired off
-    with another pair's word. DPO moves log π(z) with ⟨W_z, ·⟩ (science.md §3), so when synonyms
+    with another pair's word. DPO moves log π(z) with ⟨W_z, ·⟩ (docs/science.md, "Likelihood displacement"), so when synonyms
     share their output direction a token-level update carries over to the paraphrase."""
     W = model.get_output_embeddings().weight.detach()
     ids = [(tok.convert_tokens_to_ids("Ġ" + a), tok.convert_tokens_to_ids("Ġ" + b)) for a, b in SYNONYM_WORDS]

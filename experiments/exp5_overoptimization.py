@@ -3,7 +3,7 @@
 Gao, Schulman, Hilton (2022): a "gold" reward labels preference data, a proxy RM is trained on
 those labels, and a policy is optimised against the proxy. Plotted against d = sqrt(KL(π‖π_ref)),
 the gold reward of best-of-n follows d(α − β·d) and that of RL follows d(α − β·log d), while the
-proxy keeps rising (science.md §5).
+proxy keeps rising (docs/science.md, "Over-optimisation").
 
 The lab version: SFT the lab's tiny model; train a proxy Bradley-Terry RM on a few hundred pairs
 labelled by the lab's gold reward (BT noise); then
@@ -118,11 +118,11 @@ def run(out: str | Path, seed: int = 0, quick: bool = False, log=print) -> dict:
     step(f"RL: RLOO against the proxy RM for {s['rl_steps']} steps, kl_coef {s['kl_coef']}")
     policy, tok = load_lab_model(sft_dir)
     rl_prompts = [p.prompt for p in prompt_data(world, 256, seed=seed + 5)]
-    cfg = RLConfig(algorithm="rloo", prompts="<memory>", reward="<object>", output_dir=str(out / "rl"), steps=s["rl_steps"],
+    cfg = RLConfig(algorithm="rloo", output_dir=str(out / "rl"), steps=s["rl_steps"],
                    prompts_per_step=s["rl_prompts_per_step"], samples_per_prompt=s["rl_samples"], max_new_tokens=s["max_new_tokens"],
                    lr=s["rl_lr"], kl_coef=s["kl_coef"], seed=seed, save_steps=10, keep_last=10_000, progress=False)
     every = max(1, s["rl_steps"] // 8)
-    train_rl(cfg, model=policy, tokenizer=tok, prompts=rl_prompts, reward_fn=proxy, gold_fn=gold,
+    train_rl(cfg, model=policy, tokenizer=tok, prompts=rl_prompts, reward=proxy, gold=gold,
              log=lambda *a: None)
     rows = [json.loads(line) for line in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "reward/proxy_mean" in r]

@@ -4,7 +4,7 @@ Razin et al. (2024): the expected policy gradient for a prompt is bounded by a m
 std(r)^(2/3) under the current model, so prompts on which the model's reward barely varies barely
 move under reinforcement finetuning, however low their reward, while SFT on the same prompts fits
 them; a short SFT phase on a small fraction of the inputs first removes most low-std prompts
-(science.md §2).
+(docs/science.md, "Vanishing gradients").
 
 The lab version. The initial policy has a confident bad habit: it was fine-tuned on good responses
 for every prompt kind except `describe`, which it was taught to refuse ("i cannot help with
@@ -133,10 +133,10 @@ def run(out: str | Path, seed: int = 0, quick: bool = False, log=print) -> dict:
             return r
 
         policy, tok = load_lab_model(start_dir)
-        cfg = RLConfig(algorithm="rloo", prompts="<memory>", reward="<object>", output_dir=str(out / tag), steps=s["rl_steps"],
+        cfg = RLConfig(algorithm="rloo", output_dir=str(out / tag), steps=s["rl_steps"],
                        prompts_per_step=s["rl_prompts_per_step"], samples_per_prompt=s["rl_samples"],
                        max_new_tokens=s["max_new_tokens"], lr=s["rl_lr"], kl_coef=s["kl_coef"], seed=seed, progress=False)
-        train_rl(cfg, model=policy, tokenizer=tok, prompts=prompts, reward_fn=reward, log=lambda *a: None)
+        train_rl(cfg, model=policy, tokenizer=tok, prompts=prompts, reward=reward, log=lambda *a: None)
         curves = {g: windowed([st[g] for st in per_step], s["window"]) for g in ("low", "other")}
         return out / tag / "final", curves
 

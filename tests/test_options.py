@@ -44,7 +44,7 @@ def test_range_text():
 @pytest.mark.parametrize("cls, bad", [
     (TrainConfig, {"max_grad_norm": -1.0}), (TrainConfig, {"seed": -1}), (TrainConfig, {"lr": math.nan}),
     (TrainConfig, {"weight_decay": -1.0}), (TrainConfig, {"beta": 0.0}), (TrainConfig, {"lr": math.inf}),
-    (RLConfig, {"kl_coef": -0.1}), (RLConfig, {"value_lr": -1e-3}), (RLConfig, {"clip_eps": -0.2}),
+    (RLConfig, {"kl_coef": -0.1}), (RLConfig, {"value_lr": -1e-3}), (RLConfig, {"epsilon": -0.2}),
     (RLConfig, {"gae_lambda": 1.5}), (RLConfig, {"top_p": 0.0}), (LoraConfig, {"r": 0}), (LossTerm, {"weight": -1.0}),
 ])
 def test_bounds_hold_when_built_in_code(cls, bad):

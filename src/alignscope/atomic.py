@@ -4,7 +4,9 @@ Every result file a user reads or a later command loads (audit tables and filter
 rejects, reports, the reference log-prob cache, RM-audit, comparison and over-optimisation
 results, run configs, lab summaries) goes through here: a kill mid-write leaves only a hidden
 temporary file, removed on any error, so no partial output is mistaken for a result.
-Checkpoints have their own folder-level rename (`training/checkpoint.py`).
+Checkpoints have their own folder-level rename (`training/checkpoint.py`). A writer that fails
+in any way (a full disk is an OSError from Python, a RuntimeError from torch.save, a
+SafetensorError, an ArrowIOError) becomes an `OutputError` naming the file; the old file stays.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from alignscope.errors import AlignscopeError, OutputError
 
 
 @contextmanager
@@ -25,6 +29,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except AlignscopeError:
+        raise
+    except Exception as e:
+        old = "the previous file is kept" if path.exists() else "nothing was written"
+        raise OutputError(f"could not write {path} ({type(e).__name__}: {e}); {old}",
+                          "check the free disk space and the folder's permissions, then run the command again") from None
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterable
 
 
@@ -52,7 +53,38 @@ class TrainingError(AlignscopeError):
     """Training cannot continue (NaN loss, corrupt checkpoint, ...)."""
 
 
+class OutputError(AlignscopeError):
+    """An output file could not be written (full disk, permissions, a writer's own failure); the old file is kept."""
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Edit distance counting an insertion, deletion, substitution or swap of two neighbours as one edit
+    (optimal string alignment), so 'bata' is one edit from 'beta' and 'dorp' one from 'drop'."""
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[-1][-1]
+
+
+def closest(name: str, choices: Iterable[str]) -> str | None:
+    """The choice nearest to `name` by edit distance (ties: the one sharing the longest prefix, then difflib's
+    ratio), if it is within a third of the longer length (at least 1 edit); else None."""
+    best = None
+    for c in dict.fromkeys(choices):
+        d = edit_distance(name.lower(), c.lower())
+        if d > max(1, max(len(name), len(c)) // 3):
+            continue
+        prefix = len(os.path.commonprefix([name.lower(), c.lower()]))
+        key = (d, -prefix, -difflib.SequenceMatcher(None, name, c).ratio())
+        if best is None or key < best[0]:
+            best = (key, c)
+    return best[1] if best else None
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """A ' (did you mean 'x'?)' suffix, or '' when nothing is close."""
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    close = closest(name, choices)
+    return f" (did you mean '{close}'?)" if close else ""

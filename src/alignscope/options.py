@@ -117,7 +117,32 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of keys to values, got {type(data).__name__}")
+    _check_tree(data, path, "", set(), [0])
     return data
+
+
+MAX_YAML_VALUES = 100_000  # aliases can make a small file expand exponentially ("billion laughs")
+
+
+def _check_tree(node: Any, path: Path, where: str, open_nodes: set[int], count: list[int]) -> None:
+    """Keys are text, and no alias makes a value contain itself (YAML allows both; a config cannot use either)."""
+    count[0] += 1
+    if count[0] > MAX_YAML_VALUES:
+        raise ConfigError(f"config file '{path}' expands to more than {MAX_YAML_VALUES:,} values through YAML aliases",
+                          "write the values out instead of nesting aliases")
+    if not isinstance(node, (dict, list)):
+        return
+    if id(node) in open_nodes:
+        raise ConfigError(f"config file '{path}': the value of '{where or 'the top level'}' contains itself through a YAML alias",
+                          "replace the *alias with the value it should have")
+    open_nodes.add(id(node))
+    items = node.items() if isinstance(node, dict) else enumerate(node)
+    for k, v in items:
+        if isinstance(node, dict) and not isinstance(k, str):
+            raise ConfigError(f"config file '{path}': key {k!r} (a {type(k).__name__}) under '{where or 'the top level'}' is not a name",
+                              "config keys are option names such as beta or lora.r; quote a key that must be text")
+        _check_tree(v, path, f"{where}.{k}" if where else str(k), open_nodes, count)
+    open_nodes.discard(id(node))
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

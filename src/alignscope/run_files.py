@@ -28,6 +28,18 @@ REWARD_VARIANCE = "reward_variance.json"  # the RM audit's per-prompt variances 
 TEACHER_TABLE = "teacher_table.json"
 RM_AUDIT = "rm_audit.json"
 REPORT = "report.html"
+LOCK = ".alignscope.lock"  # the owner of a run folder (training/run_dir.py)
+OVERWRITTEN = ".overwritten"  # a run replaced by --overwrite, kept aside until the new run ends
+MANIFEST = "alignscope.json"  # what an output folder holds: kind, command, files, row convention
+MANIFEST_SUFFIX = ".alignscope.json"  # the manifest beside a table written to a file path (name.csv -> name.alignscope.json)
+COMPLETIONS = "completions.jsonl"  # RL samples: {"step", "prompt", "response", "rewards": {name: value}, "gold"}
+SAMPLES = "samples.jsonl"  # the RM audit's sampled responses: {"row", "prompt", "response", "rewards", "gold"}
+COMPARE_RM = "compare_rm.json"  # compare-rm's rows
+TRAINER_STATE = "trainer_state.json"  # a Hugging Face / TRL run's log_history (top level or checkpoint-*/)
+
+# The one row-numbering convention of every output that names input records.
+ROW_CONVENTION = ("row = 1-based position of the record among the valid records of the input file, "
+                  "in file order (the record number when no row was rejected)")
 
 # Per-step logs that a resumed run truncates to its checkpoint's step and a fresh run starts empty.
 STEP_LOGS = (METRICS, EVAL_LOGPS, DISPLACEMENT, PITFALLS, REWARD_VARIANCE_STEPS, RL_METRICS)
@@ -71,6 +83,23 @@ def read_json(path: Path) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"not valid JSON ({e.msg})", source=str(path), line=e.lineno) from None
+
+
+def write_manifest(path: Path, kind: str, command: str, files: dict[str, str], **extra: Any) -> Path:
+    """Write an output folder's manifest (`path` is the folder, or the manifest file itself for a
+    table written to a file path): the report finds results by it, not by one file name."""
+    path = Path(path)
+    target = path / MANIFEST if path.is_dir() else path
+    doc = {"kind": kind, "command": command, "files": files, "rows": ROW_CONVENTION, **extra}
+    return write_text(target, json.dumps(doc, indent=1, default=str))
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A manifest as written by `write_manifest`; a DataError naming the file when it is not one."""
+    doc = read_json(path)
+    if not isinstance(doc, dict) or not isinstance(doc.get("kind"), str) or not isinstance(doc.get("files", {}), dict):
+        raise DataError("not an alignscope manifest (an object with 'kind' and 'files')", source=str(path))
+    return doc
 
 
 def truncate_jsonl(path: Path, after_step: int) -> None:

@@ -1,4 +1,4 @@
-"""CHES orders likelihood displacement; normalised edit distance does not (science.md §3).
+"""CHES orders likelihood displacement; normalised edit distance does not (docs/science.md, "Likelihood displacement").
 
 On the lab's refusal and gold-labelled pairs, one DPO epoch on the top LN-CHES decile lowers
 log pi(y+|x) much more than one on the bottom decile, while deciles by edit distance barely differ.

@@ -47,7 +47,16 @@ def test_audit_rm_two_rms_and_gold(task, capsys):
     assert by_name["lab:gold"]["onpolicy_accuracy"] == 1.0 and by_name["lab:gold"]["offpolicy_accuracy"] == 1.0
     assert by_name["my_rms:noisy"]["onpolicy_accuracy"] < 1.0
     assert set(json.loads((tmp / "audit" / "reward_variance.json").read_text())) == {"lab:gold", "my_rms:noisy"}
-    assert "teacher table" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "teacher table" in out and "95% Wilson interval" in out
+    gold_row = by_name["lab:gold"]
+    n_gold = gold_row["onpolicy_n"]
+    assert 0 < n_gold <= 12 * 6 and f"rests on {n_gold} sample pairs" in out
+    assert gold_row["offpolicy_n"] == 24 and gold_row["offpolicy_interval"][0] < 1.0 == gold_row["offpolicy_interval"][1]
+    samples = [json.loads(line) for line in (tmp / "audit" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 12 * 4 and {s["row"] for s in samples} == set(range(1, 13))
+    assert set(samples[0]["rewards"]) == {"lab:gold", "my_rms:noisy"} and samples[0]["gold"] == samples[0]["rewards"]["lab:gold"]
+    assert json.loads((tmp / "audit" / "alignscope.json").read_text())["kind"] == "audit rm"
 
 
 def test_audit_data_writes_table_and_filter(task, capsys):
@@ -65,6 +74,48 @@ def test_audit_data_writes_table_and_filter(task, capsys):
     assert len(flagged) == 6 and min(flagged) >= max(others)  # the filter dropped the highest LN-CHES pairs
     out = capsys.readouterr().out
     assert "length-normalised CHES" in out and "filter drop:0.25" in out
+    assert "Spearman(LN-CHES, the length ratio" in out and "Spearman(LN-CHES, edit distance)" in out
+    assert [int(r["row"]) for r in table] == list(range(1, 25))  # 1-based record numbers
+    manifest = json.loads((tmp / "a" / "ches.alignscope.json").read_text())
+    assert manifest["kind"] == "audit data" and manifest["files"]["ches_table"] == "ches.csv" and "1-based" in manifest["rows"]
+
+
+def test_audit_data_out_folder_is_found_by_the_report(task, capsys):
+    tmp, _, pairs = task
+    rc = main(["audit", "data", "--model", "lab:tiny", "--data", str(pairs), "--out", str(tmp / "audit_dir"), "--limit", "10"])
+    assert rc == 0
+    assert "no --filter given" in capsys.readouterr().out
+    manifest = json.loads((tmp / "audit_dir" / "alignscope.json").read_text())
+    assert manifest["files"] == {"ches_table": "ches.csv"} and manifest["summary"]["pairs"] == 10
+    assert "confounds" in manifest["summary"]
+    assert main(["report", str(tmp / "audit_dir")]) == 0
+    page = (tmp / "audit_dir" / "report.html").read_text()
+    assert 'data-section="ches"' in page and "no filter was applied" in page and "Spearman(LN-CHES" in page
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["audit", "data", "--data", "PAIRS", "--out", "FILE"], "is a file, but a folder is needed"),
+    (["audit", "data", "--data", "PAIRS", "--out", "FILE/sub"], "cannot be written"),
+    (["audit", "data", "--data", "PAIRS", "--out", "FILE/t.csv"], "cannot be written"),
+    (["audit", "data", "--data", "PAIRS", "--filter", "drop:0.1", "--filtered-out", "DIR"], "is a folder, but a file is needed"),
+    (["audit", "data", "--data", "PAIRS", "--filtered-out", "DIR/f.jsonl"], "without --filter"),
+    (["audit", "data", "--data", "PAIRS", "--limit", "0"], "--limit must be at least 1"),
+    (["audit", "rm", "--rm", "lab:gold", "--prompts", "PAIRS", "--n", "1"], "variance needs at least 2"),
+    (["audit", "rm", "--rm", "lab:gold", "--prompts", "PAIRS", "--out", "FILE"], "is a file, but a folder is needed"),
+    (["compare-rm", "--rm", "lab:gold", "--pairs", "PAIRS", "--beta", "0"], "--beta must be positive"),
+    (["compare-rm", "--rm", "lab:gold", "--pairs", "PAIRS", "--out", "DIR/x.txt"], "must end in .json"),
+    (["compare-rm", "--rm", "lab:gold", "--pairs", "PAIRS", "--beta", "0.1"], "--ref not given and not found"),
+])
+def test_bad_arguments_fail_before_any_model_loads(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "pairs.jsonl").write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    subs = {"PAIRS": str(tmp_path / "pairs.jsonl"), "FILE": str(tmp_path / "file"), "DIR": str(tmp_path)}
+    argv = [next((a.replace(k, v) for k, v in subs.items() if a.startswith(k)), a) for a in argv]
+    model = ["--policy", "no-such-model-folder"] if argv[0] == "compare-rm" or argv[1] == "rm" else ["--model", "no-such-model-folder"]
+    assert main(argv + model) == 2
+    err = capsys.readouterr().err
+    assert message in err  # a model load would have failed on the missing model with another message
 
 
 def test_select_prompts_and_bon(task, capsys):
@@ -102,10 +153,14 @@ def test_compare_rm(task, tmp_path, capsys, lab_tiny):
     model, tok = lab_tiny
     model.save_pretrained(tmp / "policy")
     tok.save_pretrained(tmp / "policy")
-    rc = main(["compare-rm", "--policy", str(tmp / "policy"), "--ref", str(tmp / "policy"), "--rm", "lab:gold",
+    rc = main(["compare-rm", "--policy", str(tmp / "policy"), "--ref", str(tmp / "policy"), "--beta", "0.1", "--rm", "lab:gold",
                "--pairs", str(pairs), "--shifted", str(pairs), "--out", str(tmp / "cmp.json")])
     assert rc == 0
-    rows = json.loads((tmp / "cmp.json").read_text())
+    doc = json.loads((tmp / "cmp.json").read_text())
+    rows = doc["rows"]
+    assert all(r["n_decisive"] == 0 and r["interval"][0] < 0.5 < r["interval"][1] for r in rows if r["reward"].startswith("implicit"))
+    assert set(doc["length_bias"]) == {"in-distribution", "shifted"} and doc["settings"]["beta_from"] == "--beta"
+    assert "length bias of shifted" in capsys.readouterr().out
     implicit = [r for r in rows if r["reward"].startswith("implicit")]
     assert all(r["accuracy"] == 0.5 for r in implicit)  # policy == reference: every implicit reward ties
     assert all(r["accuracy"] == 1.0 for r in rows if r["reward"].startswith("explicit"))

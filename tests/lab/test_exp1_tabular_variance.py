@@ -1,4 +1,4 @@
-"""Experiment 1's quick version: tabular softmax policies obey the Var^(-1/2) time bound (science.md §2)."""
+"""Experiment 1's quick version: tabular softmax policies obey the Var^(-1/2) time bound (docs/science.md, "Reward variance")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Experiment 2's quick version: a perfectly accurate RM with low reward variance teaches slower (science.md §2)."""
+"""Experiment 2's quick version: a perfectly accurate RM with low reward variance teaches slower (docs/science.md, "Reward variance")."""
 
 from __future__ import annotations
 

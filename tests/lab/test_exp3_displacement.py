@@ -1,4 +1,4 @@
-"""Experiment 3's quick version: DPO on high-CHES refusal pairs unlearns refusals; the CHES filter prevents it (science.md §3)."""
+"""Experiment 3's quick version: DPO on high-CHES refusal pairs unlearns refusals; the CHES filter prevents it (docs/science.md, "Likelihood displacement")."""
 
 from __future__ import annotations
 

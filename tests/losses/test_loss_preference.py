@@ -111,19 +111,9 @@ def test_nca_pair_by_hand():
     )
 
 
-def test_bco_pair_by_hand_with_reward_shift():
-    delta = 0.2
-    check(
-        run("bco_pair", bco_delta=delta),
-        [
-            -logsig(0.5 - delta) - logsig(-(-0.5 - delta)),
-            -logsig(0.0 - delta) - logsig(-(0.5 - delta)),
-        ],
-    )
-    delta_tensor = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
-    assert run("bco_pair", bco_delta=delta_tensor).losses.tolist() == pytest.approx(
-        run("bco_pair", bco_delta=0.2).losses.tolist()
-    )
+def test_bco_pair_by_hand_as_trl_1x():
+    # TRL 1.x's DPOTrainer: -log σ(βa) - log σ(-βb), no running reward shift.
+    check(run("bco_pair"), [-logsig(0.5) - logsig(0.5), -logsig(0.0) - logsig(-0.5)])
 
 
 def test_sppo_hard_by_hand():
@@ -139,14 +129,26 @@ def test_apo_down_by_hand():
     check(run("apo_down"), [sig(0.5) + (1 - sig(1.0)), sig(0.0) + (1 - sig(-0.5))])
 
 
-def test_sigmoid_norm_is_simpo_by_hand():
+def test_sigmoid_norm_is_length_normalised_dpo_with_reference_by_hand():
+    out = run("sigmoid_norm", chosen_lengths=CHOSEN_LEN, rejected_lengths=REJECTED_LEN)
+    # Per-token log-ratios: pair 1 a/4 - b/6 = 1/4 + 1/6, pair 2 0/5 - 1/1 = -1.
+    h1, h2 = 1 / 4 + 1 / 6, -1.0
+    check(out, [-logsig(BETA * h1), -logsig(BETA * h2)])
+    assert out.chosen_rewards.tolist() == pytest.approx([0.5, 0.0])  # β·(logp - ref), as every reference loss
+    # It differs from SimPO, which ignores the reference.
+    simpo = preference_loss("simpo", CHOSEN, REJECTED, beta=BETA, simpo_gamma=0.0, chosen_lengths=CHOSEN_LEN,
+                            rejected_lengths=REJECTED_LEN)
+    assert out.losses.tolist() != pytest.approx(simpo.losses.tolist())
+
+
+def test_simpo_by_hand():
     gamma = 0.3
     out = preference_loss(
-        "sigmoid_norm",
+        "simpo",
         CHOSEN,
         REJECTED,
         beta=BETA,
-        gamma=gamma,
+        simpo_gamma=gamma,
         chosen_lengths=CHOSEN_LEN,
         rejected_lengths=REJECTED_LEN,
     )
@@ -158,9 +160,10 @@ def test_sigmoid_norm_is_simpo_by_hand():
     assert out.rejected_rewards.tolist() == pytest.approx([-1.0, -2.0])
 
 
-def test_sft_term_is_mean_token_nll_of_chosen():
+def test_sft_term_is_batch_token_mean_nll_of_chosen():
+    # As TRL 1.x: one mean over all chosen tokens of the batch, (10 + 5) / (4 + 5), given to every pair.
     out = preference_loss("sft", CHOSEN, REJECTED, chosen_lengths=CHOSEN_LEN, beta=BETA)
-    check(out, [10 / 4, 5 / 5])
+    check(out, [15 / 9, 15 / 9])
     assert out.chosen_rewards.tolist() == pytest.approx([-5.0, -2.5])  # β·logp, no reference
 
 
@@ -170,13 +173,13 @@ def test_combined_is_weighted_sum_with_rewards_from_reference_term():
         [("sft", 0.5), ("sigmoid", 1.0)], CHOSEN, REJECTED, REF_CHOSEN, REF_REJECTED, **kw
     )
     expected = [
-        0.5 * 2.5 + math.log(1 + math.exp(-1)),
-        0.5 * 1.0 + math.log(1 + math.exp(0.5)),
+        0.5 * 15 / 9 + math.log(1 + math.exp(-1)),
+        0.5 * 15 / 9 + math.log(1 + math.exp(0.5)),
     ]
     assert out.losses.tolist() == pytest.approx(expected, rel=1e-12)
     assert out.chosen_rewards.tolist() == pytest.approx([0.5, 0.0])  # from "sigmoid", not "sft"
     only_free = combined_preference_loss([("sft", 2.0)], CHOSEN, REJECTED, **kw)
-    assert only_free.losses.tolist() == pytest.approx([5.0, 2.0])
+    assert only_free.losses.tolist() == pytest.approx([2 * 15 / 9, 2 * 15 / 9])
     assert only_free.chosen_rewards.tolist() == pytest.approx([-5.0, -2.5])
 
 
@@ -213,7 +216,7 @@ def test_dpo_gradient_raises_chosen_and_lowers_rejected():
     assert (run("sigmoid").losses > preference_loss("sigmoid", CHOSEN + 0.1, REJECTED, REF_CHOSEN, REF_REJECTED, beta=BETA).losses).all()
 
 
-@pytest.mark.parametrize("loss_type", ["robust", "ipo", "sigmoid_norm", "nca_pair", "bco_pair", "apo_zero", "exo_pair"])
+@pytest.mark.parametrize("loss_type", ["robust", "ipo", "sigmoid_norm", "simpo", "nca_pair", "bco_pair", "apo_zero", "exo_pair"])
 def test_gradient_direction_other_losses(loss_type):
     # Margins here sit below every loss's optimum, so descent must push chosen up and rejected down.
     chosen = t(-8.0, -9.0).requires_grad_()
@@ -250,7 +253,9 @@ def test_missing_lengths_is_a_config_error():
     with pytest.raises(ConfigError, match="chosen_lengths"):
         preference_loss("sft", CHOSEN, REJECTED)
     with pytest.raises(ConfigError, match="rejected_lengths"):
-        preference_loss("sigmoid_norm", CHOSEN, REJECTED, chosen_lengths=CHOSEN_LEN)
+        preference_loss("simpo", CHOSEN, REJECTED, chosen_lengths=CHOSEN_LEN)
+    with pytest.raises(ConfigError, match="rejected_lengths"):
+        run("sigmoid_norm", chosen_lengths=CHOSEN_LEN)
 
 
 @pytest.mark.parametrize(

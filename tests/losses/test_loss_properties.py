@@ -46,10 +46,9 @@ def test_preference_losses_finite_for_extreme_logps(loss_type, c, r, rc, rr, lc,
         f32(rr),
         beta=beta,
         label_smoothing=eps,
-        gamma=1.0,
+        simpo_gamma=1.0,
         chosen_lengths=f32(lc),
         rejected_lengths=f32(lr),
-        bco_delta=0.3,
     )
     out.losses.sum().backward()
     grads = [g for g in (chosen.grad, rejected.grad) if g is not None]  # "sft" ignores the rejected response

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from alignscope.errors import ConfigError
-from alignscope.losses.reward import aggregate_ensemble, bt_accuracy, bt_loss
+from alignscope.losses.reward import aggregate_ensemble, bt_loss
 from alignscope.losses.sft import sft_loss
 
 
@@ -58,8 +58,24 @@ def test_aggregate_ensemble_unknown_name():
         aggregate_ensemble(torch.zeros(2, 3), "mn")
 
 
-def test_bt_accuracy_counts_ties_as_half():
-    assert bt_accuracy(t(1, 2, 3), t(0, 2, 4)) == pytest.approx((1 + 0.5 + 0) / 3)
+def test_pair_wins_counts_ties_as_half_on_tensors_and_arrays():
+    import numpy as np
+
+    from alignscope.diagnostics.accuracy import pair_wins, tie_aware_accuracy
+
+    assert pair_wins(t(1, 2, 3), t(0, 2, 4)).tolist() == [1.0, 0.5, 0.0]
+    assert pair_wins(np.array([1, 2, 3]), np.array([0, 2, 4])).tolist() == [1.0, 0.5, 0.0]
+    assert pair_wins(t(math.nan), t(0)).tolist() == [0.0]  # no raise: the NaN guard decides
+    assert tie_aware_accuracy(t(1, 2, 3), t(0, 2, 4)) == pytest.approx(0.5)
+
+
+def test_reward_model_ensemble_uses_the_population_std(tiny_model):
+    from alignscope.models.reward_model import RewardModel
+
+    rm = RewardModel(tiny_model, num_heads=3, aggregate="mean_minus_std", k_std=2.0)
+    per_head = t(1.0, 2.0, 6.0).unsqueeze(0)  # mean 3, population variance (4 + 1 + 9) / 3
+    assert rm.aggregate_heads(per_head).tolist() == pytest.approx([3 - 2 * math.sqrt(14 / 3)])
+    assert rm.aggregate_heads(per_head).tolist() == aggregate_ensemble(per_head.T, "mean_minus_std", 2.0).tolist()
 
 
 def test_sft_loss_token_and_sequence_reduction():

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from alignscope import run_files as rf
 from alignscope.cli.main import main
 
 BAD = Path(__file__).parent / "bad_inputs"
@@ -129,7 +131,7 @@ MODEL = [
     Case("audit: sequences longer than the positions", "audit data --model {w}/gpt2_8pos --data {w}/pairs.jsonl --out ches.csv", "longer than the model's 8 positions"),
     Case("output folder is a file", train("dpo", "data={w}/pairs.jsonl output_dir={w}/a_file"), "output_dir '{w}/a_file' is a file, not a folder"),
     Case("RL output folder is a file", "train rl prompts={w}/prompts.jsonl reward=lab:gold output_dir={w}/a_file", "is a file, not a folder"),
-    Case("output path under a file", "audit data --model {model} --data {w}/pairs.jsonl --out {w}/a_file/ches.csv", "output folders must be folders"),
+    Case("output path under a file", "audit data --model {model} --data {w}/pairs.jsonl --out {w}/a_file/ches.csv", "cannot be written (no permission, or a parent is a file)"),
     Case("reward module does not exist", "train rl prompts={w}/prompts.jsonl reward=no_such_module:fn model={model}", "cannot import 'no_such_module'"),
     Case("reward file with a syntax error", "train rl prompts={w}/prompts.jsonl reward={w}/bad_reward.py:reward model={model}", "has a syntax error"),
     Case("reward neither folder nor function", "train rl prompts={w}/prompts.jsonl reward=gibberish model={model}", "neither a folder nor module:function"),
@@ -140,7 +142,7 @@ MODEL = [
 CLI = [
     Case("unknown training method", "train dpx data=x.jsonl", "invalid choice: 'dpx'"),
     Case("unknown option", "data inspect {w}/pairs.jsonl --bogus", "unrecognized arguments: --bogus"),
-    Case("inspect: zero limit", "data inspect {w}/pairs.jsonl --limit 0", "must be at least 1"),
+    Case("inspect: zero limit", "data inspect {w}/pairs.jsonl --limit 0", "argument --limit: must be >= 1, got 0"),
     Case("inspect: empty file", "data inspect {bad}/empty.jsonl", "the file is empty"),
     Case("inspect: tokenizer does not exist", "data inspect {w}/pairs.jsonl --tokenizer /no/such/tokenizer", "does not exist"),
     Case("audit: filter without a number", "audit data --model {model} --data {w}/pairs.jsonl --out ches.csv --filter drop:abc", "has no number"),
@@ -150,14 +152,112 @@ CLI = [
     Case("audit: --map of a missing column", "audit data --model {model} --data {w}/pairs.jsonl --out ches.csv --map chosen=answer", "the data has no column 'answer'"),
     Case("audit: bad --on-error", "audit data --model {model} --data {w}/pairs.jsonl --on-error skp", "invalid choice: 'skp'"),
     Case("report: run folder does not exist", "report {w}/no_such_run", "does not exist"),
-    Case("best-of-n: zero prompts", "bon --policy {model} --prompts {w}/prompts.jsonl --reward lab:gold --limit 0 --out best.jsonl", "nothing to sample"),
-    Case("best-of-n: zero samples", "bon --policy {model} --prompts {w}/prompts.jsonl --reward lab:gold --n 0 --out best.jsonl", "nothing to sample"),
-    Case("select-prompts: zero keep", "select-prompts --policy {model} --prompts {w}/prompts.jsonl --reward lab:gold --keep 0 --out sel.jsonl", "--keep must be positive"),
+    Case("best-of-n: zero prompts", "bon --policy {model} --prompts {w}/prompts.jsonl --reward lab:gold --limit 0 --out best.jsonl", "argument --limit: must be >= 1, got 0"),
+    Case("best-of-n: zero samples", "bon --policy {model} --prompts {w}/prompts.jsonl --reward lab:gold --n 0 --out best.jsonl", "argument --n: must be >= 1, got 0"),
+    Case("select-prompts: zero keep", "select-prompts --policy {model} --prompts {w}/prompts.jsonl --reward lab:gold --keep 0 --out sel.jsonl", "argument --keep: must be > 0, got 0"),
     Case("compare-rm: pairs do not exist", "compare-rm --policy {model} --ref {model} --rm lab:gold --pairs {w}/none.jsonl", "the file does not exist"),
     Case("demo: unknown size", "demo --size huge", "invalid choice: 'huge'"),
 ]
 
-CASES = DATA + CONFIG + MODEL + CLI
+# The second corpus (issue #21): rows misread or lost, settings out of range, run folders with an
+# owner, outputs checked before any model call, did-you-mean over every name.
+def bon(extra: str, prompts: str = "{w}/prompts.jsonl") -> str:
+    return f"bon --policy {{model}} --prompts {prompts} --reward lab:gold --out best.jsonl {extra}"
+
+
+def select(extra: str, out: str = "sel.jsonl") -> str:
+    return f"select-prompts --policy {{model}} --prompts {{w}}/prompts.jsonl --reward lab:gold --out {out} {extra}"
+
+
+def rl(extra: str) -> str:
+    return f"train rl prompts={{w}}/prompts.jsonl reward=lab:gold model={{model}} output_dir=run progress=false {extra}"
+
+
+READERS = [
+    Case("JSONL: duplicated key", train("dpo", "data={w}/dup_key.jsonl"), "line 2: the key 'chosen' appears twice in the object"),
+    Case("JSONL: duplicated nested key", train("dpo", "data={w}/dup_nested_key.jsonl"), "the key 'role' appears twice"),
+    Case("JSON: duplicated key in a record", train("dpo", "data={w}/dup_key.json"), "line 3: the key 'rejected' appears twice in the record"),
+    Case("JSON: duplicated top-level key", train("dpo", "data={w}/dup_top_key.json"), "the key 'train' appears twice in the top-level object"),
+    Case("CSV: unclosed quote merging rows", train("dpo", "data={w}/unclosed_quote.csv"), "line 3: a quoted cell opens on this row and is never closed"),
+    Case("CSV: stray quote inside a cell", train("dpo", "data={w}/stray_quote.csv"), "line 2: malformed CSV"),
+    Case("CSV: row with an extra cell", train("dpo", "data={w}/extra_cell.csv"), "line 3: the row has 4 cells, the header has 3"),
+    Case("CSV: row with a missing cell", train("dpo", "data={w}/missing_cell.csv"), "line 2: the row has 2 cells, the header has 3"),
+    Case("gzip: corrupt stream", train("dpo", "data={w}/corrupt_stream.jsonl.gz"), "cannot decompress"),
+    Case("gzip: not gzip at all", train("dpo", "data={w}/not_gzip.jsonl.gz"), "cannot decompress"),
+    Case("gzip: corrupt CSV stream", train("dpo", "data={w}/corrupt_stream.csv.gz"), "cannot decompress"),
+    Case("400-digit integer margin", train("dpo", "data={w}/huge_int_margin.jsonl"), "field 'margin': is an integer of 400 digits"),
+    Case("400-digit integer score", train("rank", "data={w}/huge_int_score.jsonl"), "is an integer of 400 digits"),
+    Case("ShareGPT: lone surrogate in system", train("dpo", "data={w}/sharegpt_surrogate_system.jsonl"), "field 'system': holds an unpaired UTF-16 surrogate"),
+    Case("ShareGPT: system not text", train("dpo", "data={w}/sharegpt_int_system.jsonl"), "field 'system': expected text, got int"),
+    Case("map value is a list (YAML)", train("dpo", "--config {w}/map_list.yaml data={w}/pairs.jsonl"), "map entry 'chosen': ['a', 'b'] is not a column name"),
+    Case("map value is a list (override)", train("dpo", "data={w}/pairs.jsonl map.chosen=[a,b]"), "is not a column name mapped to a column name"),
+    Case("map value is a number", train("dpo", "data={w}/pairs.jsonl map.chosen=3"), "map entry 'chosen': 3"),
+]
+
+SETTINGS = [
+    Case("YAML integer key", train("dpo", "--config {w}/int_key.yaml data={w}/pairs.jsonl"), "key 1 (a int) under 'the top level' is not a name"),
+    Case("YAML integer nested key", train("dpo", "--config {w}/int_nested_key.yaml data={w}/pairs.jsonl"), "key 8 (a int) under 'lora' is not a name"),
+    Case("YAML alias loop (mapping)", train("dpo", "--config {w}/alias_loop.yaml data={w}/pairs.jsonl"), "'map.x' contains itself through a YAML alias"),
+    Case("YAML alias loop (list)", train("dpo", "--config {w}/alias_loop_list.yaml data={w}/pairs.jsonl"), "'loss.0' contains itself through a YAML alias"),
+    Case("YAML alias bomb", train("dpo", "--config {w}/alias_bomb.yaml data={w}/pairs.jsonl"), "expands to more than 100,000 values"),
+    Case("negative max_grad_norm", train("dpo", "data={w}/pairs.jsonl max_grad_norm=-1"), "'max_grad_norm' must be > 0, got -1"),
+    Case("negative weight decay", train("dpo", "data={w}/pairs.jsonl weight_decay=-1"), "'weight_decay' must be in [0, 1], got -1"),
+    Case("negative seed", train("dpo", "data={w}/pairs.jsonl seed=-1"), "'seed' must be in [0, "),
+    Case("NaN learning rate", train("dpo", "data={w}/pairs.jsonl lr=nan"), "'lr' must be a finite number, got nan"),
+    Case("LoRA rank 0", train("dpo", "data={w}/pairs.jsonl lora.r=0"), "'lora.r' must be in [1, 4096], got 0"),
+    Case("RL: negative kl_coef", rl("kl_coef=-0.1"), "'kl_coef' must be >= 0, got -0.1"),
+    Case("RL: negative value_lr", rl("algorithm=ppo value_lr=-1"), "'value_lr' must be in (0, 1], got -1"),
+    Case("RL: epsilon above 1", rl("epsilon=1.5"), "'epsilon' must be in (0, 1), got 1.5"),
+    Case("RL: gae_lambda above 1", rl("gae_lambda=1.5"), "'gae_lambda' must be in [0, 1], got 1.5"),
+    Case("RL: zero temperature", rl("temperature=0"), "'temperature' must be > 0, got 0"),
+    Case("did you mean: bata", train("dpo", "data={w}/pairs.jsonl bata=0.1"), "unknown config key 'bata' (did you mean 'beta'?)"),
+    Case("did you mean: seeds", train("dpo", "data={w}/pairs.jsonl seeds=1"), "(did you mean 'seed'?)"),
+    Case("did you mean: transposed letters", train("dpo", "data={w}/pairs.jsonl nan_policy=stpo"), "(did you mean 'stop'?)"),
+]
+
+FLAGS = [
+    Case("bon: negative limit", bon("--limit -1"), "argument --limit: must be >= 1, got -1"),
+    Case("bon: zero temperature", bon("--temperature 0"), "argument --temperature: must be > 0, got 0"),
+    Case("bon: NaN temperature", bon("--temperature nan"), "argument --temperature: must be a finite number, got 'nan'"),
+    Case("bon: zero new tokens", bon("--max-new-tokens 0"), "argument --max-new-tokens: must be >= 1, got 0"),
+    Case("bon: non-integer n", bon("--n abc"), "argument --n: must be an integer, got 'abc'"),
+    Case("bon: negative seed", bon("--seed -3"), "argument --seed: must be >= 0, got -3"),
+    Case("select-prompts: one sample per prompt", select("--n 1"), "--n 1: a reward variance needs at least 2 samples per prompt"),
+    Case("select-prompts: negative keep", select("--keep -1"), "argument --keep: must be > 0, got -1"),
+    Case("inspect: negative limit", "data inspect {w}/pairs.jsonl --limit -1", "argument --limit: must be >= 1, got -1"),
+    Case("did you mean: --polcy", "bon --polcy {model} --prompts {w}/prompts.jsonl --reward lab:gold --out best.jsonl", "--polcy is not an option (did you mean '--policy'?)"),
+    Case("did you mean: --limt", "data inspect {w}/pairs.jsonl --limt 3", "--limt is not an option (did you mean '--limit'?)"),
+    Case("did you mean: --resme", train("dpo", "data={w}/pairs.jsonl --resme"), "(did you mean '--resume'?)"),
+    Case("did you mean: train method", "train dpx data=x.jsonl", "(did you mean 'dpo'?)"),
+    Case("did you mean: --size choice", "demo --size tiyn", "(did you mean 'tiny'?)"),
+    Case("did you mean: --on-error choice", "audit data --model {model} --data {w}/pairs.jsonl --on-error skp", "(did you mean 'skip'?)"),
+]
+
+OUTPUTS = [
+    Case("bon: --out is a folder", bon("", ).replace("--out best.jsonl", "--out {w}/plain_folder"), "--out '{w}/plain_folder' is a folder, not a file"),
+    Case("bon: --out under a file", bon("").replace("--out best.jsonl", "--out {w}/a_file/best.jsonl"), "lies under '{w}/a_file', which is a file"),
+    Case("select-prompts: --out is a folder", select("", out="{w}/plain_folder"), "is a folder, not a file"),
+    Case("select-prompts: variances file is a folder", select("", out="{w}/vardir/sel.jsonl"), "--out's .variances.json '{w}/vardir/sel.variances.json' is a folder"),
+    Case("bon: bad reward found before the model loads", "bon --policy /no/such/model --prompts {w}/prompts.jsonl --reward no_such_module:fn --out best.jsonl", "cannot import 'no_such_module'"),
+    Case("bon: bad gold found before the model loads", bon("--gold no_such_gold:fn").replace("{model}", "/no/such/model"), "cannot import 'no_such_gold'"),
+    Case("bon: prompts do not exist, before the model loads", bon("", prompts="{w}/none.jsonl").replace("{model}", "/no/such/model"), "the file does not exist"),
+]
+
+RUN_FOLDERS = [
+    Case("run folder locked by a running process", train("dpo", "data={w}/pairs.jsonl").replace("output_dir=run", "output_dir={w}/locked"), "output_dir '{w}/locked' is in use by process {ppid} on host {host}"),
+    Case("run folder locked from another host", train("dpo", "data={w}/pairs.jsonl").replace("output_dir=run", "output_dir={w}/locked_elsewhere"), "is in use by process 1 on host gpu-node-7"),
+    Case("finished run without --overwrite", train("dpo", "data={w}/pairs.jsonl").replace("output_dir=run", "output_dir={w}/finished"), "already holds a finished run (final/)"),
+    Case("unfinished run without --resume", train("dpo", "data={w}/pairs.jsonl").replace("output_dir=run", "output_dir={w}/unfinished"), "already holds an unfinished run (newest checkpoint-4)"),
+    Case("RL into a finished run", rl("").replace("output_dir=run", "output_dir={w}/finished"), "already holds a finished run"),
+    Case("resume with a changed lr", train("dpo", "data={w}/pairs.jsonl lr=0.5 --resume").replace("output_dir=run", "output_dir={w}/resumable"), "lr: 5e-06 -> 0.5"),
+    Case("resume with a changed method", train("sft", "data={w}/pairs.jsonl --resume").replace("output_dir=run", "output_dir={w}/resumable"), "method: 'dpo' -> 'sft'"),
+    Case("resume with changed data", train("dpo", "data={w}/pairs2.jsonl --resume").replace("output_dir=run", "output_dir={w}/resumable"), "data: '{w}/pairs.jsonl' -> '{w}/pairs2.jsonl'"),
+    Case("resume with an unreadable saved config", train("dpo", "data={w}/pairs.jsonl --resume").replace("output_dir=run", "output_dir={w}/bad_saved_config"), "is unreadable, so the resume cannot be checked"),
+    Case("--resume with --overwrite", train("dpo", "data={w}/pairs.jsonl --resume --overwrite"), "--resume and --overwrite contradict each other"),
+]
+
+SECOND = READERS + SETTINGS + FLAGS + OUTPUTS + RUN_FOLDERS
+CASES = DATA + CONFIG + MODEL + CLI + SECOND
 
 
 def _save_tiny(path: Path, tok, **kw) -> Path:
@@ -205,7 +305,58 @@ def world(tmp_path_factory) -> dict[str, str]:
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     GPT2LMHeadModel(gpt2).save_pretrained(w / "gpt2_8pos")
     AutoTokenizer.from_pretrained(model).save_pretrained(w / "gpt2_8pos")
-    return {"bad": str(BAD), "w": str(w), "model": str(model)}
+    _second_corpus(w, model)
+    return {"bad": str(BAD), "w": str(w), "model": str(model), "ppid": str(os.getppid()), "host": socket.gethostname()}
+
+
+def _second_corpus(w: Path, model: Path) -> None:
+    """The inputs of issue #21's cases: files that parse but would be misread, and run folders in every state."""
+    from dataclasses import asdict
+
+    from alignscope.options import build_config
+    from alignscope.training.config import TrainConfig
+
+    good = json.dumps(GOOD_PAIRS[0])
+    (w / "pairs2.jsonl").write_text((w / "pairs.jsonl").read_text())
+    (w / "dup_key.jsonl").write_text(good + '\n{"prompt": "q", "chosen": "a", "chosen": "b", "rejected": "c"}\n')
+    (w / "dup_nested_key.jsonl").write_text('{"prompt": [{"role": "user", "role": "system", "content": "hi"}], "chosen": "a", "rejected": "b"}\n')
+    (w / "dup_key.json").write_text('[\n {"prompt": "p1", "chosen": "a", "rejected": "b"},\n {"prompt": "p2", "chosen": "a", "rejected": "b", "rejected": "c"}\n]\n')
+    (w / "dup_top_key.json").write_text('{"train": [' + good + '], "train": [' + good + "]}\n")
+    (w / "unclosed_quote.csv").write_text('prompt,chosen,rejected\nq1,yes,no\nq2,"yes,no\nq3,yes,no\n')
+    (w / "stray_quote.csv").write_text('prompt,chosen,rejected\nq1,"ye"s,no\n')
+    (w / "extra_cell.csv").write_text("prompt,chosen,rejected\nq1,yes,no\nq2,yes,no,maybe\n")
+    (w / "missing_cell.csv").write_text("prompt,chosen,rejected\nq1,yes\nq2,yes,no\n")
+    for name, data in (("corrupt_stream.jsonl.gz", (w / "pairs.jsonl").read_bytes()), ("corrupt_stream.csv.gz", b"prompt,chosen,rejected\n" + b"q,yes,no\n" * 50)):
+        z = bytearray(gzip.compress(data))
+        z[12:40] = bytes(range(200, 228))  # inside the deflate stream: the header is valid, the data is not
+        (w / name).write_bytes(bytes(z))
+    (w / "not_gzip.jsonl.gz").write_text(good + "\n")
+    (w / "huge_int_margin.jsonl").write_text('{"prompt": "q", "chosen": "a", "rejected": "b", "margin": ' + "9" * 400 + "}\n")
+    (w / "huge_int_score.jsonl").write_text('{"prompt": "q", "completions": ["a", "b"], "scores": [' + "9" * 400 + ", 1]}\n")
+    share = {"conversations": [{"from": "human", "value": "hi"}], "chosen": {"from": "gpt", "value": "yes"},
+             "rejected": {"from": "gpt", "value": "no"}}
+    (w / "sharegpt_surrogate_system.jsonl").write_text(json.dumps({**share, "system": "be kind"}).replace("be kind", "be \\ud800kind") + "\n")
+    (w / "sharegpt_int_system.jsonl").write_text(json.dumps({**share, "system": 7}) + "\n")
+    (w / "map_list.yaml").write_text("map:\n  chosen: [a, b]\n")
+    (w / "int_key.yaml").write_text("1: 2\nbeta: 0.1\n")
+    (w / "int_nested_key.yaml").write_text("lora:\n  8: 3\n")
+    (w / "alias_loop.yaml").write_text("map: &a\n  x: *a\n")
+    (w / "alias_loop_list.yaml").write_text("loss: &l [*l]\n")
+    bomb = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"] + [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 7)]
+    (w / "alias_bomb.yaml").write_text("map:\n" + "".join(f"  {line}\n" for line in bomb))
+    (w / "vardir").mkdir()
+    (w / "vardir" / "sel.variances.json").mkdir()
+    saved = asdict(build_config(TrainConfig, {"method": "dpo", "model": str(model), "output_dir": str(w / "resumable"),
+                                              "progress": False, "data": str(w / "pairs.jsonl")}))
+    for name in ("locked", "locked_elsewhere", "finished", "unfinished", "resumable", "bad_saved_config"):
+        (w / name).mkdir()
+        (w / name / rf.CONFIG).write_text(json.dumps(saved, default=str))
+    (w / "locked" / rf.LOCK).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "started": "earlier"}))
+    (w / "locked_elsewhere" / rf.LOCK).write_text(json.dumps({"pid": 1, "host": "gpu-node-7", "started": "earlier"}))
+    (w / "finished" / "final").mkdir()
+    for step in (2, 4):
+        (w / "unfinished" / f"checkpoint-{step}").mkdir()
+    (w / "bad_saved_config" / rf.CONFIG).write_text("{not json")
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from alignscope.cli.main import main
-from alignscope.training import objectives
 from alignscope.training.checkpoint import list_checkpoints, load_latest
 from alignscope.training.loop import step_batches
+from alignscope.training.methods.sft import SFT
 
 N_PAIRS = 32
 BATCH = 4
@@ -34,11 +34,11 @@ def pairs(tmp_path_factory):
 def poison(monkeypatch, bad: dict[int, str]) -> None:
     """Make the SFT objective non-finite at the given steps: 'loss' (a NaN loss) or 'grad' (a finite
     loss whose gradient is NaN: d sqrt(x)/dx is infinite at 0, times 0 upstream)."""
-    original, calls = objectives.OBJECTIVES["sft"], {"n": 0}
+    original, calls = SFT.loss, {"n": 0}
 
-    def objective(ctx, items, idx):
+    def objective(self, ctx, items, idx):
         calls["n"] += 1
-        loss, metrics = original(ctx, items, idx)
+        loss, metrics = original(self, ctx, items, idx)
         kind = bad.get(calls["n"])
         if kind == "loss":
             loss = loss * float("nan")
@@ -46,7 +46,7 @@ def poison(monkeypatch, bad: dict[int, str]) -> None:
             loss = loss + (next(ctx.model.parameters()).sum() * 0).sqrt()
         return loss, metrics
 
-    monkeypatch.setitem(objectives.OBJECTIVES, "sft", objective)
+    monkeypatch.setattr(SFT, "loss", objective)
 
 
 def argv(data, out, **over) -> list[str]:

@@ -97,7 +97,7 @@ def test_gae_three_steps_and_padding():
 def _surrogate(p_new: float, adv: float) -> tuple[float, float]:
     """Loss and d loss / d log π for one token with π_old = 0.5 and ε = 0.2."""
     logp = torch.tensor([[math.log(p_new)]], requires_grad=True)
-    loss = pg.policy_gradient_loss(logp, torch.tensor([adv]), torch.ones(1, 1), old_token_logps=torch.tensor([[math.log(0.5)]]), clip_eps=0.2)
+    loss = pg.policy_gradient_loss(logp, torch.tensor([adv]), torch.ones(1, 1), old_token_logps=torch.tensor([[math.log(0.5)]]), epsilon=0.2)
     loss.backward()
     return float(loss.detach()), float(logp.grad)
 
@@ -115,18 +115,20 @@ def test_clipped_surrogate_inside_and_outside_the_clip_range():
     assert close(_surrogate(0.25, 1.0), (-0.5, -0.5))
 
 
-def test_ratio_one_is_reinforce_and_aggregations():
+def test_ratio_one_is_reinforce_and_trl_loss_types():
     logp = torch.tensor([[-1.0, -2.0, -7.0], [-0.5, -7.0, -7.0]], requires_grad=True)
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     adv = torch.tensor([1.0, 2.0])
     # ratio 1 -> per-token loss −A: row 0: −1, −1; row 1: −2
-    assert close(pg.policy_gradient_loss(logp, adv, mask, loss_agg="token_mean"), -4 / 3)  # (−1−1−2)/3
-    assert close(pg.policy_gradient_loss(logp, adv, mask, loss_agg="seq_mean"), -1.5)  # (−1 + −2)/2
-    assert close(pg.policy_gradient_loss(logp, adv, mask, loss_agg="dr_grpo", max_len=4), -0.5)  # −4/(2·4)
-    pg.policy_gradient_loss(logp, adv, mask, loss_agg="token_mean").backward()
+    assert close(pg.policy_gradient_loss(logp, adv, mask, loss_type="bnpo"), -4 / 3)  # (−1−1−2)/3 tokens of the batch
+    assert close(pg.policy_gradient_loss(logp, adv, mask, loss_type="grpo"), -1.5)  # per sequence (−1, −2), then mean
+    assert close(pg.policy_gradient_loss(logp, adv, mask, loss_type="dr_grpo", max_len=4), -0.5)  # −4/(2·4)
+    assert close(pg.policy_gradient_loss(logp, adv, mask, loss_type="dapo", num_items=8), -0.5)  # −4/8: the rollout's tokens per step
+    assert close(pg.policy_gradient_loss(logp, adv, mask, loss_type="dapo"), -4 / 3)  # one mini-batch: = bnpo
+    pg.policy_gradient_loss(logp, adv, mask, loss_type="bnpo").backward()
     assert close(logp.grad, [[-1 / 3, -1 / 3, 0.0], [-2 / 3, 0.0, 0.0]])  # −A/3 on real tokens: REINFORCE
-    with pytest.raises(ConfigError, match="did you mean 'seq_mean'"):
-        pg.policy_gradient_loss(logp, adv, mask, loss_agg="seq_men")
+    with pytest.raises(ConfigError, match="did you mean 'bnpo'"):
+        pg.policy_gradient_loss(logp, adv, mask, loss_type="bnp")
 
 
 def test_kl_term_in_the_loss():
@@ -178,3 +180,14 @@ def test_best_of_n_kl_bound():
     assert pg.best_of_n_kl_bound(1) == 0.0  # log 1 − 0
     assert abs(pg.best_of_n_kl_bound(2) - 0.193147) < 1e-6  # log 2 − 1/2
     assert abs(pg.best_of_n_kl_bound(4) - 0.636294) < 1e-6  # log 4 − 3/4
+
+
+def test_bias_corrected_kl_weights_each_token_kl_by_the_ratio():
+    # Advantage 0 leaves only the KL term: k3 with d = ref - logp = -0.2 is e^-0.2 + 0.2 - 1; the ratio is e^0.5.
+    logp, old, ref = torch.tensor([[-1.0]]), torch.tensor([[-1.5]]), torch.tensor([[-1.2]])
+    k3 = math.exp(-0.2) + 0.2 - 1
+    kw = dict(old_token_logps=old, kl_coef=1.0, ref_token_logps=ref, kl_estimator="k3")
+    plain = pg.policy_gradient_loss(logp, torch.zeros(1), torch.ones(1, 1, dtype=torch.bool), **kw)
+    corrected = pg.policy_gradient_loss(logp, torch.zeros(1), torch.ones(1, 1, dtype=torch.bool), use_bias_correction_kl=True, **kw)
+    assert plain.item() == pytest.approx(k3, rel=1e-6)
+    assert corrected.item() == pytest.approx(k3 * math.exp(0.5), rel=1e-6)

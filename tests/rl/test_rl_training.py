@@ -22,7 +22,7 @@ def rl(tmp_path, lab_tiny, name, **over):
     import copy
 
     model, tok = copy.deepcopy(lab_tiny[0]), lab_tiny[1]
-    opts = {"algorithm": "rloo", "prompts": "<memory>", "reward": "<fn>", "output_dir": str(tmp_path / name), "steps": 30,
+    opts = {"algorithm": "rloo", "output_dir": str(tmp_path / name), "steps": 30,
             "prompts_per_step": 8, "samples_per_prompt": 8, "max_new_tokens": 16, "lr": 2e-4, "kl_coef": 0.0, "progress": False, **over}
     return model, tok, RLConfig(**opts)
 
@@ -34,9 +34,9 @@ def mean_gold(model, tok) -> float:
 
 @pytest.mark.parametrize("algorithm", ["rloo", "grpo", "ppo"])
 def test_rl_raises_gold_reward(tmp_path, lab_tiny, algorithm):
-    model, tok, cfg = rl(tmp_path, lab_tiny, algorithm, algorithm=algorithm, **({"lr": 1e-4} if algorithm == "ppo" else {}))
+    model, tok, cfg = rl(tmp_path, lab_tiny, algorithm, algorithm=algorithm, **({"lr": 1e-4, "num_iterations": 2} if algorithm == "ppo" else {}))
     before = mean_gold(model, tok)
-    train_rl(cfg, model=model, tokenizer=tok, prompts=PROMPTS, reward_fn=gold_rewards, log=lambda *a: None)
+    train_rl(cfg, model=model, tokenizer=tok, prompts=PROMPTS, reward=gold_rewards, log=lambda *a: None)
     after = mean_gold(model, tok)
     assert after > before + 0.2, (before, after)
 
@@ -50,11 +50,11 @@ def test_zero_variance_prompts_reported_and_skipped(tmp_path, lab_tiny):
     flat = [p for p in PROMPTS if len(prompt_text(p)) % 2 == 0]
     assert 0.2 < len(flat) / len(PROMPTS) < 0.8
     model, tok, cfg = rl(tmp_path, lab_tiny, "plain", steps=2)
-    train_rl(cfg, model=model, tokenizer=tok, prompts=PROMPTS, reward_fn=half_constant, log=lambda *a: None)
+    train_rl(cfg, model=model, tokenizer=tok, prompts=PROMPTS, reward=half_constant, log=lambda *a: None)
     rows = [json.loads(line) for line in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["zero_variance_fraction"] > 0.1 for r in rows)
     model, tok, cfg = rl(tmp_path, lab_tiny, "dynamic", steps=2, dynamic_sampling=True)
-    train_rl(cfg, model=model, tokenizer=tok, prompts=PROMPTS, reward_fn=half_constant, log=lambda *a: None)
+    train_rl(cfg, model=model, tokenizer=tok, prompts=PROMPTS, reward=half_constant, log=lambda *a: None)
     rows = [json.loads(line) for line in (tmp_path / "dynamic" / "metrics.jsonl").read_text().splitlines()]
     variances = [json.loads(line)["variances"] for line in (tmp_path / "dynamic" / "reward_variance.jsonl").read_text().splitlines()]
     assert all(r["groups_sampled"] > cfg.prompts_per_step for r in rows)  # flat groups were dropped and refilled
@@ -72,14 +72,14 @@ def test_interrupted_rl_run_resumes_exactly(tmp_path, lab_tiny):
         return gold_rewards(prompts, responses)
 
     model, tok, cfg = rl(tmp_path, lab_tiny, "full", steps=6, save_steps=2, algorithm="grpo")
-    train_rl(cfg, model=model, tokenizer=tok, prompts=PROMPTS, reward_fn=gold_rewards, log=lambda *a: None)
+    train_rl(cfg, model=model, tokenizer=tok, prompts=PROMPTS, reward=gold_rewards, log=lambda *a: None)
     full = {k: v.clone() for k, v in model.state_dict().items()}
     model, tok, cfg = rl(tmp_path, lab_tiny, "killed", steps=6, save_steps=2, algorithm="grpo")
     with pytest.raises(KeyboardInterrupt):
-        train_rl(cfg, model=model, tokenizer=tok, prompts=PROMPTS, reward_fn=dying_gold, log=lambda *a: None)
+        train_rl(cfg, model=model, tokenizer=tok, prompts=PROMPTS, reward=dying_gold, log=lambda *a: None)
     assert [p.name for p in list_checkpoints(tmp_path / "killed")] == ["checkpoint-2", "checkpoint-4"]
     model, tok, cfg = rl(tmp_path, lab_tiny, "killed", steps=6, save_steps=2, algorithm="grpo")
-    train_rl(cfg, resume=True, model=model, tokenizer=tok, prompts=PROMPTS, reward_fn=gold_rewards, log=lambda *a: None)
+    train_rl(cfg, resume=True, model=model, tokenizer=tok, prompts=PROMPTS, reward=gold_rewards, log=lambda *a: None)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, full[k], atol=1e-6, rtol=0)
     a = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
@@ -113,8 +113,8 @@ def test_ppo_clips_against_the_rollout_policy():
 
 def test_rl_monitor_reports_gold_peak_and_gao_fit(tmp_path, lab_tiny):
     model, tok, cfg = rl(tmp_path, lab_tiny, "monitor", steps=4, save_steps=2)
-    train_rl(cfg, model=model, tokenizer=tok, prompts=PROMPTS, reward_fn=lambda p, r: [len(x) / 10 for x in r],
-             gold_fn=gold_rewards, log=lambda *a: None)
+    train_rl(cfg, model=model, tokenizer=tok, prompts=PROMPTS, reward=lambda p, r: [len(x) / 10 for x in r],
+             gold=gold_rewards, log=lambda *a: None)
     summary = json.loads((tmp_path / "monitor" / "overoptimization.json").read_text())
     rows = [json.loads(line) for line in (tmp_path / "monitor" / "rl_metrics.jsonl").read_text().splitlines()]
     gold = [r["gold_reward"] for r in rows]
@@ -135,7 +135,7 @@ def test_flat_objective_warned_once(tmp_path, lab_tiny):
     assert flat_share > 0.6
     model, tok, cfg = rl(tmp_path, lab_tiny, "flat", steps=2, prompts_per_step=16)
     said = []
-    train_rl(cfg, model=model, tokenizer=tok, prompts=PROMPTS, reward_fn=mostly_constant, log=said.append)
+    train_rl(cfg, model=model, tokenizer=tok, prompts=PROMPTS, reward=mostly_constant, log=said.append)
     pitfalls = [json.loads(line) for line in (tmp_path / "flat" / "pitfalls.jsonl").read_text().splitlines()]
     assert [p["name"] for p in pitfalls] == ["flat RL objective"]  # once, at the first step
     assert pitfalls[0]["step"] == 1 and pitfalls[0]["size"] > 0.5
@@ -155,5 +155,5 @@ def test_prompt_file_mapped_and_sent_as_chat(tmp_path, lab_tiny):
 
     model, tok, cfg = rl(tmp_path, lab_tiny, "chat", steps=1, prompts=str(path), map={"prompt": "question"}, as_chat=True,
                          prompts_per_step=4, samples_per_prompt=2, max_new_tokens=4)
-    train_rl(cfg, model=model, tokenizer=tok, reward_fn=record, log=lambda *a: None)
+    train_rl(cfg, model=model, tokenizer=tok, reward=record, log=lambda *a: None)
     assert seen and all(p in [[{"role": "user", "content": q}] for q in questions] for p in seen)

@@ -79,10 +79,10 @@ def test_rl_step_padding_free_equals_padded(tmp_path, sdpa_model, packed_calls):
     prompts = [p.prompt for p in prompt_data(default_world(0), 8, seed=1)]
     rows = {}
     for padding_free in (True, False):
-        cfg = RLConfig(algorithm="rloo", prompts="<memory>", reward="<fn>", output_dir=str(tmp_path / f"rl{padding_free}"), steps=1,
+        cfg = RLConfig(algorithm="rloo", output_dir=str(tmp_path / f"rl{padding_free}"), steps=1,
                        prompts_per_step=4, samples_per_prompt=4, max_new_tokens=12, lr=1e-4, kl_coef=0.05, progress=False,
                        padding_free=padding_free)
-        out = train_rl(cfg, model=copy.deepcopy(model), tokenizer=tok, prompts=prompts, reward_fn=lengths, log=lambda *a: None)
+        out = train_rl(cfg, model=copy.deepcopy(model), tokenizer=tok, prompts=prompts, reward=lengths, log=lambda *a: None)
         rows[padding_free] = metrics(out)[0]
     assert packed_calls["packed"] >= 2 and packed_calls["padded"] >= 2
     for key in ("loss", "entropy", "reward/proxy_mean"):  # entropy: from the scored log-probs of the rollouts

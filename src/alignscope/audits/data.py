@@ -2,7 +2,7 @@
 
 One no-grad pass of the scoring engine over every chosen and rejected response gives the
 log-probs, the hidden-state sums S(y) (CHES) and the final-position states; everything else is
-arithmetic on those (science.md §3).
+arithmetic on those (docs/science.md, "Likelihood displacement").
 """
 
 from __future__ import annotations
@@ -15,20 +15,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from alignscope import run_files as rf
 from alignscope.atomic import atomic_path, write_text
 from alignscope.data.records import PairExample, prompt_text
 from alignscope.data.tokenize import TokenizeStats, encode_group
 from alignscope.diagnostics.ches import ches, ches_filter, ln_ches
+from alignscope.diagnostics.confounds import ches_confounds, describe_confounds
 from alignscope.diagnostics.similarity import (
     final_embedding_inner_product,
     normalized_edit_distance,
 )
 from alignscope.errors import DataError, did_you_mean
-from alignscope.models.scoring import pad_token_id, score_sequences
+from alignscope.models.scoring import ScoreOutput, pad_token_id, score_sequences
 
 COLUMNS = [
-    "index", "ches", "ln_ches", "edit_distance", "final_inner_product", "prompt_tokens", "chosen_tokens",
+    "row", "ches", "ln_ches", "edit_distance", "final_inner_product", "prompt_tokens", "chosen_tokens",
     "rejected_tokens", "logp_chosen", "logp_rejected", "model_ranks_correctly",
 ]
 
@@ -55,8 +58,8 @@ def audit_pairs(
             stats.add(e)
             p_ids.append(prompt)
             r_ids.append(e.response_ids)
-    out = score_sequences(model, p_ids, r_ids, pad_id=pad_token_id(tokenizer), batch_size=batch_size,
-                          return_hidden=True, progress="scoring responses" if progress else None)
+    out = score_with_token_progress(model, p_ids, r_ids, pad_id=pad_token_id(tokenizer), batch_size=batch_size,
+                                    desc="scoring responses" if progress else None)
     S = out.hidden_sum.double().view(len(pairs), 2, -1)
     n = out.n_tokens.view(len(pairs), 2)
     lp = out.logps.view(len(pairs), 2)
@@ -67,7 +70,7 @@ def audit_pairs(
     rows = []
     for i in range(len(pairs)):
         rows.append({
-            "index": i,
+            "row": i + 1,
             "ches": float(c[i]),
             "ln_ches": float(lc[i]),
             "edit_distance": normalized_edit_distance(r_ids[2 * i], r_ids[2 * i + 1]),
@@ -82,6 +85,38 @@ def audit_pairs(
     return DataAudit(rows, dataset_findings(pairs, rows), stats)
 
 
+def score_with_token_progress(model, p_ids: list[list[int]], r_ids: list[list[int]], *, pad_id: int, batch_size: int,
+                              desc: str | None, chunk_pairs: int | None = None) -> ScoreOutput:
+    """`score_sequences` over pairs (sequences 2i, 2i+1), longest pairs first, in chunks, with a
+    progress bar counted in tokens: cost grows with length, so a bar counted in batches of sorted
+    lengths gives an ETA that starts far too optimistic. Longest first also meets an out-of-memory
+    batch at once, not at the end."""
+    n_pairs = len(p_ids) // 2
+    cost = [len(p_ids[2 * i]) + len(r_ids[2 * i]) + len(r_ids[2 * i + 1]) for i in range(n_pairs)]
+    order = sorted(range(n_pairs), key=lambda i: -cost[i])
+    step = chunk_pairs or max(1, 4 * batch_size)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=sum(cost), desc=desc, disable=desc is None, unit="tok", unit_scale=True)
+    parts: list[tuple[list[int], ScoreOutput]] = []
+    try:
+        for start in range(0, n_pairs, step):
+            pairs = order[start:start + step]
+            seq = [2 * i + k for i in pairs for k in (0, 1)]
+            parts.append((seq, score_sequences(model, [p_ids[j] for j in seq], [r_ids[j] for j in seq], pad_id=pad_id,
+                                               batch_size=batch_size, return_hidden=True)))
+            bar.update(sum(cost[i] for i in pairs))
+    finally:
+        bar.close()
+    d = parts[0][1].hidden_sum.shape[-1]
+    n = len(p_ids)
+    logps, hidden, last = torch.zeros(n), torch.zeros(n, d), torch.zeros(n, d)
+    for seq, o in parts:
+        idx = torch.tensor(seq)
+        logps[idx], hidden[idx], last[idx] = o.logps, o.hidden_sum, o.last_hidden
+    return ScoreOutput(logps=logps, n_tokens=torch.tensor([len(r) for r in r_ids]), hidden_sum=hidden, last_hidden=last)
+
+
 def _norm(text: str) -> str:
     return " ".join(text.split()).lower()
 
@@ -91,11 +126,17 @@ def dataset_findings(pairs: list[PairExample], rows: list[dict[str, Any]]) -> di
     keys = [(prompt_text(p.prompt), p.chosen, p.rejected) for p in pairs]
     lc = np.array([r["ln_ches"] for r in rows])
     chosen_longer = np.array([r["chosen_tokens"] > r["rejected_tokens"] for r in rows])
+    prompt_counts: dict[str, int] = {}
+    for k in keys:
+        prompt_counts[k[0]] = prompt_counts.get(k[0], 0) + 1
     return {
         "pairs": len(pairs),
         "length_bias_chosen_longer": float(chosen_longer.mean()),
         "duplicate_pairs": len(keys) - len(set(keys)),
-        "duplicate_prompts": len(keys) - len({k[0] for k in keys}),
+        "repeated_prompts": sum(c > 1 for c in prompt_counts.values()),
+        "extra_prompt_copies": len(keys) - len(prompt_counts),
+        "confounds": ches_confounds(lc, [r["chosen_tokens"] for r in rows], [r["rejected_tokens"] for r in rows],
+                                    [r["edit_distance"] for r in rows]),
         "identical_pairs": sum(_norm(p.chosen) == _norm(p.rejected) for p in pairs),
         "near_identical_pairs": sum(r["edit_distance"] < 0.1 for r in rows),
         "model_ranking_accuracy": float(np.mean([r["model_ranks_correctly"] for r in rows])),
@@ -161,6 +202,16 @@ def apply_filter(audit: DataAudit, pairs: list[PairExample], spec: str, out_path
     return Path(out_path), dropped_path, len(drop)
 
 
+def table_paths(out: str | Path) -> tuple[Path, Path, Path]:
+    """Where `audit data --out OUT` writes (folder, table, manifest): OUT as a folder holds ches.csv
+    and alignscope.json; OUT ending in .csv/.parquet is the table itself (kept for compatibility),
+    with its manifest beside it as NAME.alignscope.json."""
+    out = Path(out)
+    if out.suffix in (".csv", ".parquet"):
+        return out.parent, out, out.with_name(out.stem + rf.MANIFEST_SUFFIX)
+    return out, out / rf.CHES_TABLE, out / rf.MANIFEST
+
+
 def format_summary(audit: DataAudit) -> str:
     s = audit.summary
     q = s["ln_ches_quantiles"]
@@ -168,12 +219,14 @@ def format_summary(audit: DataAudit) -> str:
     lines = [
         f"pairs audited: {s['pairs']}",
         f"length bias: chosen longer in {s['length_bias_chosen_longer']:.1%} of pairs",
-        f"duplicates: {s['duplicate_pairs']} pairs, {s['duplicate_prompts']} repeated prompts; identical pairs: "
+        f"duplicates: {s['duplicate_pairs']} duplicate pairs; {s['repeated_prompts']} prompts appear more than once "
+        f"({s['extra_prompt_copies']} extra copies); identical pairs: "
         f"{s['identical_pairs']}; near-identical (edit distance < 0.1): {s['near_identical_pairs']}",
         f"model already ranks {s['model_ranking_accuracy']:.1%} of pairs correctly (log p(chosen) > log p(rejected))",
         f"length-normalised CHES: p10 {q[0.1]:.3f}, median {q[0.5]:.3f}, p90 {q[0.9]:.3f}",
-        "highest LN-CHES pairs (most likely to cause likelihood displacement): "
-        + ", ".join(f"#{r['index']} ({r['ln_ches']:.3f})" for r in top),
+        "highest LN-CHES pairs (most likely to cause likelihood displacement; row = 1-based record number): "
+        + ", ".join(f"row {r['row']} ({r['ln_ches']:.3f})" for r in top),
+        *("confound: " + t for t in describe_confounds(s["confounds"])),
         f"tokenization: {audit.tokenize.summary()}",
     ]
     return "\n".join(lines)

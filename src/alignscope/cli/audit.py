@@ -16,14 +16,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--data", required=True, help="pairwise data file")
     d.add_argument("--format", help="override format detection")
     d.add_argument("--map", action="append", default=[], metavar="NEW=OLD", help="rename a column (repeatable)")
-    d.add_argument("--out", default="audit/ches.csv", help="per-pair table (.csv or .parquet)")
+    d.add_argument("--out", default="audit", help="output folder (ches.csv and the manifest alignscope.json; `alignscope report` reads it); "
+                   "a path ending in .csv or .parquet is taken as the table itself, its manifest written beside it")
     d.add_argument("--filter", metavar="KIND:VALUE", help="write a filtered dataset: drop:0.1 (top 10%% LN-CHES), threshold:0.5, keep-lowest:0.05")
     d.add_argument("--filtered-out", default=None, help="where the filtered dataset goes (default: beside --out)")
     d.add_argument("--limit", type=int, help="audit only the first N pairs")
     d.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="skip: set invalid rows aside in a rejects file beside --out")
-    d.add_argument("--batch-size", type=int, default=16)
-    d.add_argument("--max-length", type=int, default=1024)
-    d.add_argument("--max-prompt-length", type=int, default=512)
+    d.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
+    d.add_argument("--max-length", type=int, default=1024, help="prompt + response tokens kept per sequence")
+    d.add_argument("--max-prompt-length", type=int, default=512, help="prompt tokens kept (from the end)")
     d.set_defaults(func=run_data)
 
     r = s.add_parser("rm", help="reward variance and accuracy of reward models under a policy: the teacher table",
@@ -36,69 +37,122 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="send plain-text prompts as one user message (the chat template of an instruct model applies)")
     r.add_argument("--pairs", help="pairwise data for off-policy accuracy")
     r.add_argument("--gold", help="gold reward (module:function or lab:gold) for on-policy accuracy")
-    r.add_argument("--n", type=int, default=10, help="samples per prompt")
+    r.add_argument("--n", type=int, default=10, help="samples per prompt (at least 2: variance needs two)")
     r.add_argument("--limit", type=int, default=100, help="number of prompts")
-    r.add_argument("--max-new-tokens", type=int, default=32)
+    r.add_argument("--max-new-tokens", type=int, default=32, help="tokens sampled per response")
     r.add_argument("--threshold", type=float, default=0.1, help="standardised variance below which a prompt is 'low variance'")
-    r.add_argument("--out", default="audit", help="output folder (reward_variance.json, teacher_table.json)")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", default="audit", help="output folder (reward_variance.json, teacher_table.json, samples.jsonl, alignscope.json)")
+    r.add_argument("--seed", type=int, default=0, help="sampling seed")
     r.set_defaults(func=run_rm)
 
 
+def check_data_args(args: argparse.Namespace) -> tuple[Path, Path, Path, Path | None]:
+    """Every `audit data` argument, before any model call: (folder, table, manifest, filtered-out path)."""
+    from alignscope import run_files as rf
+    from alignscope.audits.data import parse_filter, table_paths
+    from alignscope.audits.outputs import (
+        check_number,
+        check_output_dir,
+        check_output_file,
+    )
+
+    for option, value, minimum in (("--limit", args.limit, 1), ("--batch-size", args.batch_size, 1),
+                                   ("--max-length", args.max_length, 2), ("--max-prompt-length", args.max_prompt_length, 1)):
+        check_number(value, option, minimum=minimum)
+    if args.filter:
+        parse_filter(args.filter)
+    folder, table, manifest = table_paths(args.out)
+    if manifest.name == rf.MANIFEST:
+        check_output_dir(folder, "--out")
+    else:
+        check_output_file(table, "--out", (".csv", ".parquet"))
+    filtered = None
+    if args.filter:
+        filtered = Path(args.filtered_out) if args.filtered_out else table.with_name(table.stem + ".filtered.jsonl")
+        check_output_file(filtered, "--filtered-out")
+    elif args.filtered_out:
+        from alignscope.errors import ConfigError
+
+        raise ConfigError("--filtered-out was given without --filter", "add --filter drop:0.1 (or another rule), or drop --filtered-out")
+    return folder, table, manifest, filtered
+
+
 def run_data(args: argparse.Namespace) -> int:
+    from alignscope import run_files as rf
     from alignscope.audits.data import (
         apply_filter,
         audit_pairs,
         format_summary,
-        parse_filter,
         write_table,
     )
+    from alignscope.audits.outputs import command_line
     from alignscope.data.loader import load_data, parse_mapping
+
+    folder, table, manifest, filtered = check_data_args(args)
+    data = load_data(args.data, format=args.format, mapping=parse_mapping(args.map), on_error=args.on_error,
+                     rejects_path=table.with_name(table.stem + ".rejects.jsonl"))
+    pairs = data.examples[: args.limit] if args.limit else data.examples
     from alignscope.models.loading import load_model_and_tokenizer
 
-    if args.filter:
-        parse_filter(args.filter)  # a bad spec fails now, not after every pair is scored
-    out = Path(args.out)
-    data = load_data(args.data, format=args.format, mapping=parse_mapping(args.map), on_error=args.on_error,
-                     rejects_path=out.with_name(out.stem + ".rejects.jsonl"))
-    pairs = data.examples[: args.limit] if args.limit else data.examples
     model, tok = load_model_and_tokenizer(args.model)
     audit = audit_pairs(model, tok, pairs, batch_size=args.batch_size, max_length=args.max_length, max_prompt_length=args.max_prompt_length)
-    msg = []
+    msg, files = [], {"ches_table": table.name}
     if args.filter:
-        target = Path(args.filtered_out) if args.filtered_out else out.with_name(out.stem + ".filtered.jsonl")
-        kept, dropped, n_drop = apply_filter(audit, pairs, args.filter, target)
+        kept, dropped, n_drop = apply_filter(audit, pairs, args.filter, filtered)
+        files.update(filtered=str(kept), dropped=str(dropped))
         msg.append(f"filter {args.filter}: kept {len(pairs) - n_drop} pairs -> {kept}; dropped {n_drop} -> {dropped}")
+    else:
+        msg.append("no --filter given, so the table's `flagged` column is all False; --filter drop:0.1 drops the top 10% LN-CHES")
     for row in audit.rows:
         row.setdefault("flagged", False)
-    write_table(audit.rows, out)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_table(audit.rows, table)
+    if data.rejects_path is not None:
+        files["rejects"] = str(data.rejects_path)
+    rf.write_manifest(manifest, "audit data", command_line(args, "audit data"), files,
+                      data=str(Path(args.data).resolve()), model=args.model, filter=args.filter, summary=audit.summary)
     print(format_summary(audit))
-    print(f"per-pair table: {out}")
+    print(f"per-pair table: {table} ({rf.ROW_CONVENTION}); manifest: {manifest}")
     for m in msg:
         print(m)
     return 0
 
 
+def check_rm_args(args: argparse.Namespace) -> Path:
+    """Every `audit rm` argument, before any model call; returns the output folder."""
+    from alignscope.audits.outputs import check_number, check_output_dir
+
+    check_number(args.n, "--n", minimum=2, why="per-prompt reward variance needs at least 2 samples")
+    check_number(args.limit, "--limit", minimum=1)
+    check_number(args.max_new_tokens, "--max-new-tokens", minimum=1)
+    check_number(args.threshold, "--threshold", minimum=0)
+    return check_output_dir(args.out, "--out")
+
+
 def run_rm(args: argparse.Namespace) -> int:
+    from alignscope import run_files as rf
+    from alignscope.audits.outputs import command_line
     from alignscope.audits.reward_model import (
         audit_reward_models,
         format_table,
         write_outputs,
     )
     from alignscope.data.loader import load_data, parse_mapping
-    from alignscope.models.loading import load_model_and_tokenizer
     from alignscope.rewards.sources import load_reward_source
 
+    out = check_rm_args(args)
     prompts = [ex.prompt for ex in load_data(args.prompts, mapping=parse_mapping(args.map), as_chat=args.as_chat).examples]
     prompts = prompts[: args.limit]
     pairs = load_data(args.pairs, as_chat=args.as_chat).examples if args.pairs else None
+    from alignscope.models.loading import load_model_and_tokenizer
+
     policy, tok = load_model_and_tokenizer(args.policy)
     rms = {spec: load_reward_source(spec) for spec in args.rm}
     gold = load_reward_source(args.gold) if args.gold else None
     result = audit_reward_models(rms, policy, tok, prompts, n=args.n, pairs=pairs, gold=gold,
                                  max_new_tokens=args.max_new_tokens, threshold=args.threshold, seed=args.seed,
                                  progress=f"sampling {len(prompts)} prompts x {args.n}")
-    write_outputs(result, Path(args.out))
+    write_outputs(result, out, command_line(args, "audit rm"))
     print(format_table(result))
-    print(f"written: {Path(args.out) / 'teacher_table.json'}, {Path(args.out) / 'reward_variance.json'}")
+    print(f"written: {out / rf.TEACHER_TABLE}, {out / rf.REWARD_VARIANCE}, {out / rf.SAMPLES} ({rf.ROW_CONVENTION} of --prompts)")
     return 0

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
+from alignscope.cli.args import number
 
-def _positive(text: str) -> int:
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return n
+EXIT_PROBLEMS = 1  # as linters do: 1 = the data has problems, 2 = the command itself was refused
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,19 +29,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--tokenizer", metavar="PATH_OR_NAME",
                    help="tokenizer for token lengths: a folder, a .gguf file, 'smollm2' or a cached hub id "
                    "(default: SmolLM2's when installed, else byte-level)")
-    i.add_argument("--limit", type=_positive, metavar="N", help="inspect only the first N rows")
+    i.add_argument("--limit", type=number(int, ge=1), metavar="N", help="inspect only the first N rows (>= 1)")
     i.add_argument("--split", default="train", help="split of a saved DatasetDict or of a JSON object of splits (default: train)")
     i.add_argument("--json", action="store_true", help="print the report as JSON")
+    i.add_argument("--strict", action="store_true", help=f"exit {EXIT_PROBLEMS} when any row has a problem "
+                   f"(without it: exit {EXIT_PROBLEMS} only when no row is valid)")
+    i.add_argument("--no-progress", dest="progress", action="store_false", help="no progress messages on stderr")
     i.set_defaults(func=run_inspect)
 
 
 def run_inspect(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from alignscope.data.inspect import collect, format_report, summarize
     from alignscope.data.loader import parse_mapping
     from alignscope.models.loading import load_tokenizer
 
+    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.progress else (lambda msg: None)
+    path = Path(args.file)
+    if path.is_file():
+        say(f"reading {path} ({path.stat().st_size / 1e6:.1f} MB)")
     # Data problems are reported before the (slower) tokenizer is loaded.
     ins = collect(args.file, format=args.format, mapping=parse_mapping(args.map), limit=args.limit, split=args.split)
-    report = summarize(ins, load_tokenizer(args.tokenizer))
+    say(f"read {ins.n_rows} rows: {len(ins.examples)} valid, {len(ins.errors)} with problems")
+    report = summarize(ins, load_tokenizer(args.tokenizer), progress=args.progress)
     print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_report(report))
+    if not report["valid"]:
+        print(f"alignscope: no row of {report['rows']} is valid\n  fix: see the problems above", file=sys.stderr)
+        return EXIT_PROBLEMS
+    if args.strict and report["problems_total"]:
+        print(f"alignscope: --strict: {report['problems_total']} of {report['rows']} rows have problems", file=sys.stderr)
+        return EXIT_PROBLEMS
     return 0

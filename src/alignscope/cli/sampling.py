@@ -7,6 +7,8 @@ import json
 import math
 from pathlib import Path
 
+from alignscope.cli.args import check_output, number
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", required=True, help="policy model spec (folder, .gguf, smollm2, lab:tiny)")
@@ -16,18 +18,18 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--as-chat", action="store_true",
                    help="send plain-text prompts as one user message (the chat template of an instruct model applies)")
     p.add_argument("--reward", required=True, help="reward: module:function, a reward-model folder, or lab:gold")
-    p.add_argument("--n", type=int, default=8, help="samples per prompt")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--limit", type=int, help="use only the first N prompts")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=number(int, ge=1), default=8, help="samples per prompt (>= 1; select-prompts needs >= 2)")
+    p.add_argument("--max-new-tokens", type=number(int, ge=1), default=32, help="longest response in tokens (>= 1)")
+    p.add_argument("--temperature", type=number(float, gt=0), default=1.0, help="sampling temperature (> 0)")
+    p.add_argument("--limit", type=number(int, ge=1), help="use only the first N prompts (>= 1)")
+    p.add_argument("--seed", type=number(int, ge=0), default=0, help="random seed (>= 0)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("select-prompts", help="keep the prompts with the highest reward variance under the initial policy",
                        description="Low reward variance makes the RL objective flat (Razin et al.): pre-select prompts where the reward varies.")
     _common(s)
-    s.add_argument("--keep", type=float, default=0.5, help="fraction of prompts to keep (0-1] or a count (> 1)")
+    s.add_argument("--keep", type=number(float, gt=0), default=0.5, help="fraction of prompts to keep (0-1] or a count (> 1)")
     s.add_argument("--out", required=True, help="selected prompts (JSONL); a .variances.json file is written beside it")
     s.set_defaults(func=run_select)
 
@@ -39,25 +41,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(func=run_bon)
 
 
-def _sample(args):
+def _sample(args, outputs: list[tuple[str, str]]):
+    """Check every argument (outputs included) and load the prompts and rewards, then sample: nothing slow
+    runs before a mistake a user can fix is found."""
     from alignscope.data.loader import load_data, parse_mapping
+    from alignscope.errors import ConfigError
     from alignscope.models.loading import load_model_and_tokenizer
     from alignscope.rewards.sources import call_reward, load_reward_source
     from alignscope.rollout.generation import GenerationConfig, generate
 
+    for path, flag in outputs:
+        check_output(path, flag)
     prompts = [ex.prompt for ex in load_data(args.prompts, mapping=parse_mapping(args.map), as_chat=args.as_chat).examples][: args.limit]
-    if not prompts or args.n < 1:
-        from alignscope.errors import ConfigError
-
-        raise ConfigError(f"nothing to sample: {len(prompts)} prompts x --n {args.n} samples",
-                          "give at least one prompt (--limit of at least 1) and --n of at least 1")
+    if not prompts:
+        raise ConfigError(f"nothing to sample: {args.prompts} has no prompts", "give a prompt file with at least one prompt")
+    reward = load_reward_source(args.reward)
+    gold = load_reward_source(args.gold) if getattr(args, "gold", None) else None
     model, tok = load_model_and_tokenizer(args.policy)
     ro = generate(model, tok, prompts, GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                                          n=args.n, do_sample=True, seed=args.seed),
                   progress=f"sampling {len(prompts)} prompts x {args.n}")
     flat = [prompts[i] for i in ro.prompt_index]
-    rewards = call_reward(load_reward_source(args.reward), flat, ro.texts, args.reward).view(len(prompts), args.n)
-    return prompts, ro, flat, rewards
+    rewards = call_reward(reward, flat, ro.texts, args.reward).view(len(prompts), args.n)
+    return prompts, ro, flat, rewards, gold
 
 
 def run_select(args: argparse.Namespace) -> int:
@@ -66,13 +72,14 @@ def run_select(args: argparse.Namespace) -> int:
     from alignscope.diagnostics.variance import per_prompt_variance
     from alignscope.errors import ConfigError
 
-    if args.keep <= 0:
-        raise ConfigError(f"--keep must be positive, got {args.keep}", "give a fraction such as 0.5 or a count such as 100")
-    prompts, _, _, rewards = _sample(args)
+    if args.n < 2:
+        raise ConfigError(f"--n {args.n}: a reward variance needs at least 2 samples per prompt",
+                          "pass --n 2 or more (the default is 8)")
+    out = Path(args.out)
+    prompts, _, _, rewards, _ = _sample(args, [(args.out, "--out"), (out.with_suffix(".variances.json"), "--out's .variances.json")])
     var = per_prompt_variance(rewards.numpy())
     k = max(1, round(args.keep * len(prompts))) if args.keep <= 1 else min(int(args.keep), len(prompts))
     order = sorted(range(len(prompts)), key=lambda i: -var[i])[:k]
-    out = Path(args.out)
     write_jsonl([{"prompt": prompts[i], "reward_variance": float(var[i])} for i in sorted(order)], out)
     write_text(out.with_suffix(".variances.json"), json.dumps([float(v) for v in var]))
     zero = int((var <= 1e-12).sum())
@@ -92,9 +99,8 @@ def run_bon(args: argparse.Namespace) -> int:
 
     from alignscope.audits.data import write_jsonl
     from alignscope.losses.policy_gradient import best_of_n_kl_bound
-    from alignscope.rewards.sources import load_reward_source
 
-    prompts, ro, flat, rewards = _sample(args)
+    prompts, ro, flat, rewards, gold = _sample(args, [(args.out, "--out")])
     best = rewards.argmax(dim=1)
     rows = []
     for i, p in enumerate(prompts):
@@ -102,8 +108,8 @@ def run_bon(args: argparse.Namespace) -> int:
         rows.append({"prompt": p, "completion": ro.texts[j], "reward": float(rewards[i, best[i]])})
     msg = [f"best-of-{args.n} on {len(prompts)} prompts: reward {rewards.mean():.4g} (mean sample) -> {rewards.max(dim=1).values.mean():.4g} (best)",
            f"KL(best-of-n || policy) <= log n - (n-1)/n = {best_of_n_kl_bound(args.n):.4f} nats (sqrt: {math.sqrt(best_of_n_kl_bound(args.n)):.4f})"]
-    if args.gold:
-        g = torch.as_tensor(load_reward_source(args.gold)(flat, ro.texts), dtype=torch.float64).view(len(prompts), args.n)
+    if gold is not None:
+        g = torch.as_tensor(gold(flat, ro.texts), dtype=torch.float64).view(len(prompts), args.n)
         picked = g[torch.arange(len(prompts)), best]
         for r, gv in zip(rows, picked.tolist()):
             r["gold"] = gv

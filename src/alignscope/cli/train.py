@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         )
         m.add_argument("--config", help="YAML file with training options")
         m.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output_dir")
+        m.add_argument("--overwrite", action="store_true", help="replace the run already in output_dir (without it, a folder holding a run is refused)")
         m.add_argument("overrides", nargs="*", help="key=value options overriding the config, e.g. beta=0.05 loss=[sigmoid,sft:0.2]")
         m.set_defaults(func=run)
 
@@ -47,11 +48,11 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "rl":
         from alignscope.training.rl import train_rl
 
-        train_rl(build_config(RLConfig, raw), resume=args.resume)
+        train_rl(build_config(RLConfig, raw), resume=args.resume, overwrite=args.overwrite)
         return 0
     raw["method"] = args.method
     cfg = build_config(TrainConfig, raw)
     from alignscope.training.loop import train
 
-    train(cfg, resume=args.resume)
+    train(cfg, resume=args.resume, overwrite=args.overwrite)
     return 0

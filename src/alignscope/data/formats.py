@@ -125,6 +125,19 @@ def check_columns(fmt: str, columns: set[str]) -> None:
                     hint + ", or pass another --format")
 
 
+def check_mapping(mapping: Any, source: str = "<data>") -> None:
+    """A column mapping must be {TRL name: your column name}, both text: a list or number would be misread."""
+    if not isinstance(mapping, dict):
+        raise DataError(f"the column mapping must be NEW: OLD pairs, got {type(mapping).__name__}",
+                        "write map: {chosen: response_a} (or --map chosen=response_a)", source=source)
+    for new, old in mapping.items():
+        if not isinstance(new, str) or not isinstance(old, str) or not new or not old:
+            raise DataError(f"map entry {new!r}: {old!r} is not a column name mapped to a column name "
+                            f"(got {type(new).__name__}: {type(old).__name__})",
+                            "map one column to one column, e.g. map: {chosen: response_a}; a list cannot be renamed",
+                            source=source)
+
+
 # --- fields
 
 
@@ -294,6 +307,9 @@ def _number(value: Any, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise bad(f"expected a number, got {type(value).__name__} ({str(value)[:40]!r})", "store a number",
                   field=field, kind="type")
+    if isinstance(value, int) and abs(value) > 2**1023:
+        raise bad(f"is an integer of {len(str(abs(value)))} digits, beyond what a float can hold", "store a number below 1e308",
+                  field=field, kind="type")
     if not math.isfinite(value):
         raise bad(f"is {value}", "store a finite number", field=field, kind="type")
     return float(value)
@@ -338,6 +354,11 @@ def to_pairwise(row: dict) -> PairExample:
     if row.get("conversations") is not None:
         prompt = messages(row["conversations"], "conversations")
         system = row.get("system")
+        if system is not None and not isinstance(system, str):
+            raise bad(f"expected text, got {type(system).__name__} ({str(system)[:40]!r})", "store the system prompt as a string",
+                      field="system", kind="type")
+        if system is not None:
+            _unicode(system, "system")
         if isinstance(system, str) and system.strip() and not (prompt and prompt[0]["role"] == "system"):
             prompt = [{"role": "system", "content": system}, *prompt]
         if not prompt:

@@ -87,8 +87,9 @@ def _longer(pairs: list[tuple[Any, Any]]) -> float:
     return round(float(np.mean([a > b for a, b in pairs])), 4)
 
 
-def summarize(ins: Inspection, tokenizer: Any = None) -> dict[str, Any]:
-    """The report of an inspection; token statistics only when a tokenizer is given."""
+def summarize(ins: Inspection, tokenizer: Any = None, progress: bool = False) -> dict[str, Any]:
+    """The report of an inspection; token statistics only when a tokenizer is given (with a progress bar
+    on stderr when `progress`: tokenizing long rows is the slow part)."""
     ex = ins.examples
     kinds = Counter(kind_of(e) for e, _ in ins.errors)
     report: dict[str, Any] = {
@@ -114,7 +115,9 @@ def summarize(ins: Inspection, tokenizer: Any = None) -> dict[str, Any]:
     if tokenizer is not None and ex:
         lengths: dict[str, list[int]] = {"prompt": []}
         token_pairs = []
-        for e in ex:
+        from tqdm.auto import tqdm
+
+        for e in tqdm(ex, desc="tokenizing", unit="row", disable=not progress, leave=False):
             named = _responses(e)
             flat = [r for rs in named.values() for r in rs]
             encs = encode_group(tokenizer, e.prompt, flat or [""], add_eos=False)

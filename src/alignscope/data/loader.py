@@ -16,6 +16,7 @@ from typing import Any
 from alignscope.data.formats import (
     canonical_format,
     check_columns,
+    check_mapping,
     common_columns,
     detect_format,
 )
@@ -53,6 +54,7 @@ def apply_mapping(rows: list[RawRow], mapping: dict[str, str] | None, source: st
     """Rename columns in place: `mapping` is {trl_name: your_name}, e.g. {"chosen": "response_a"}."""
     if not mapping:
         return rows
+    check_mapping(mapping, source)
     present = set().union(*(r.data.keys() for r in rows)) if rows else set()
     for new, old in mapping.items():
         if old not in present:

@@ -13,6 +13,7 @@ import csv
 import gzip
 import io
 import json
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,28 @@ class RawData:
         return len(self.rows) + len(self.errors)
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """object_pairs_hook refusing a key given twice: json would silently keep only the last value."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+DUPLICATE_FIX = "keep one value per key: JSON readers silently keep only the last one"
+
+
+def loads(text: str) -> Any:
+    """json.loads that refuses duplicated keys (raises _DuplicateKey, a ValueError)."""
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
 def _error(kind: str, problem: str, fix: str | None, source: str, line: int | None = None) -> DataError:
     e = DataError(problem, fix, source=source, line=line)
     e.kind = kind
@@ -65,7 +88,7 @@ def _read_bytes(path: Path) -> bytes:
     if path.name.lower().endswith(".gz"):
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:  # truncated (EOFError), bad header (BadGzipFile), corrupt stream (zlib.error)
             raise DataError(f"cannot decompress: {e}", "check that the file is a complete gzip file", source=str(path)) from None
     return raw[len(codecs.BOM_UTF8):] if raw.startswith(codecs.BOM_UTF8) else raw
 
@@ -98,10 +121,13 @@ def read_jsonl(path: Path) -> RawData:
             out.errors.append((_utf8_error(line, e.start, name, lineno), raw))
             continue
         try:
-            obj = json.loads(text)
+            obj = loads(text)
         except json.JSONDecodeError as e:
             out.errors.append((_error("json", f"malformed JSON ({e.msg} at column {e.colno})",
                                       "fix or remove the line: each line must be one complete JSON object", name, lineno), raw))
+            continue
+        except _DuplicateKey as e:
+            out.errors.append((_error("json", f"the key '{e}' appears twice in the object", DUPLICATE_FIX, name, lineno), raw))
             continue
         except (ValueError, RecursionError) as e:  # a number too long to convert, nesting too deep
             out.errors.append((_error("json", f"unreadable JSON ({str(e)[:120]})",
@@ -174,14 +200,18 @@ def read_json(path: Path, split: str = "train") -> RawData:
     name = str(path)
     text = _decode_all(_read_bytes(path), name)
     try:
-        obj = json.loads(text)
+        obj = loads(text)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data" and text.lstrip().startswith("{"):
             return read_jsonl(path)
         raise _error("json", f"malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})", "fix the JSON syntax", name, e.lineno) from None
+    except _DuplicateKey as e:  # find the records holding one (each is rejected on its own), else it is the top level
+        obj, duplicated = json.loads(text), str(e)
     except (ValueError, RecursionError) as e:  # a number too long to convert, nesting too deep
         raise _error("json", f"unreadable JSON ({str(e)[:120]})", "fix the JSON: numbers of at most 4300 digits, "
                      "nesting of at most ~1000 levels", name) from None
+    else:
+        duplicated = None
     key = None
     if isinstance(obj, dict):
         key = next((k for k in dict.fromkeys((split, "data", "train", "rows", "examples")) if isinstance(obj.get(k), list)), None)
@@ -201,13 +231,23 @@ def read_json(path: Path, split: str = "train") -> RawData:
     lines = _Lines(text)
     start = _member_offset(text, key) if key is not None else _skip_ws(text, 0)
     out = RawData([], [], name)
+    strict = json.JSONDecoder(object_pairs_hook=_unique_keys)
     for rec, off in zip(records, _array_offsets(text, start)):
         lineno = lines.line(off)
+        if duplicated is not None and isinstance(rec, dict):
+            try:
+                strict.raw_decode(text, off)
+            except _DuplicateKey as e:
+                out.errors.append((_error("json", f"the key '{e}' appears twice in the record", DUPLICATE_FIX, name, lineno),
+                                   RawRow({}, lineno, json.dumps(rec)[:10000])))
+                continue
         if isinstance(rec, dict):
             out.rows.append(RawRow(rec, lineno))
         else:
             out.errors.append((_error("json", f"the record is a JSON {type(rec).__name__}, not an object",
                                       "every record must be a {...} object", name, lineno), RawRow({}, lineno, json.dumps(rec)[:10000])))
+    if duplicated is not None and not out.errors:
+        raise _error("json", f"the key '{duplicated}' appears twice in the top-level object", DUPLICATE_FIX, name)
     return out
 
 
@@ -216,21 +256,56 @@ def _cell(value: str) -> Any:
     v = value.strip()
     if v[:1] in "[{" and v[-1:] in "]}":
         try:
-            return json.loads(v)
+            return loads(v)
         except (ValueError, RecursionError):
             return value
     return value
 
 
+CSV_FIELD_LIMIT = 2**31 - 1  # Python's default (131,072 characters) refuses long responses
+
+
 def read_csv(path: Path) -> RawData:
-    """A header row and one record per row; the row's number is the file line it starts on."""
+    """A header row and one record per row; the row's number is the file line it starts on.
+
+    A row with more or fewer cells than the header is rejected (never padded or cut), and a quote
+    that is never closed (which would merge every later line into one cell) stops the read.
+    """
     name = str(path)
-    reader = csv.DictReader(io.StringIO(_decode_all(_read_bytes(path), name), newline=""))
-    out, prev_end = RawData([], [], name), 1
-    for row in reader:
-        out.rows.append(RawRow({k: _cell(v) if isinstance(v, str) else v for k, v in row.items() if k is not None}, prev_end + 1))
-        prev_end = reader.line_num
-    return out
+    text = _decode_all(_read_bytes(path), name)
+    old_limit = csv.field_size_limit(CSV_FIELD_LIMIT)
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+        out, prev_end, header = RawData([], [], name), 0, None
+        while True:
+            start = prev_end + 1
+            try:
+                cells = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                unclosed = "unexpected end of data" in str(e)
+                raise _error(
+                    "csv",
+                    "a quoted cell opens on this row and is never closed, so every later line would merge into it"
+                    if unclosed else f"malformed CSV ({e})",
+                    "close the quote; a quote inside a quoted cell is written twice (\"\")", name, start,
+                ) from None
+            prev_end = reader.line_num
+            if not cells:
+                continue
+            if header is None:
+                header = cells
+                continue
+            if len(cells) != len(header):
+                raw = RawRow({}, start, ",".join(cells)[:10000])
+                out.errors.append((_error("csv", f"the row has {len(cells)} cells, the header has {len(header)}",
+                                          "quote cells that contain commas, and give every row one cell per column", name, start), raw))
+                continue
+            out.rows.append(RawRow({k: _cell(v) for k, v in zip(header, cells)}, start))
+        return out
+    finally:
+        csv.field_size_limit(old_limit)
 
 
 def read_parquet(path: Path) -> RawData:

@@ -22,6 +22,7 @@ class Encoded:
     prompt_truncated: int = 0
     response_truncated: int = 0
     boundary_merge: bool = False
+    identical_after_cut: bool = False  # set on a group's first response: truncation made two of its responses equal
 
 
 @dataclass
@@ -37,14 +38,22 @@ class TokenizeStats:
         self.counts["prompt_tokens_cut"] += enc.prompt_truncated
         self.counts["response_tokens_cut"] += enc.response_truncated
         self.counts["boundary_merges"] += enc.boundary_merge
+        self.counts["identical_after_truncation"] += enc.identical_after_cut
 
     def summary(self) -> str:
         c = self.counts
-        return (
+        text = (
             f"{c['sequences']} sequences: {c['prompts_truncated']} prompts truncated "
             f"({c['prompt_tokens_cut']} tokens cut from the left), {c['responses_truncated']} responses truncated "
             f"({c['response_tokens_cut']} tokens), {c['boundary_merges']} prompt/response boundary merges"
         )
+        if c["identical_after_truncation"]:
+            text += (
+                f"\nwarning: {c['identical_after_truncation']} pairs (or rankings) have responses that are identical after "
+                "truncation, so they carry no preference signal; raise max_length (responses differ after the cut) "
+                "or remove those rows"
+            )
+        return text
 
 
 def plain_template(messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
@@ -128,6 +137,8 @@ def encode_group(
             r_cut = min(len(kept_prompt) + len(ids) - max_length, len(ids) - 1)
             ids = ids[: len(ids) - r_cut]
         out.append(Encoded(list(kept_prompt), list(ids), p_cut, r_cut, merged))
+    if len(out) > 1 and any(e.response_truncated for e in out) and len({tuple(e.response_ids) for e in out}) < len(out):
+        out[0].identical_after_cut = True
     return out
 
 

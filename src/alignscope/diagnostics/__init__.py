@@ -1,7 +1,7 @@
 """Pitfall diagnostics as pure functions over arrays (numpy, torch or lists in; float64 out).
 
 CHES and its similarity baselines, reward variance and accuracy, the likelihood-displacement
-monitor, Gao over-optimisation fits (science.md §2, §3, §5), and the detectors that turn them into
+monitor, Gao over-optimisation fits (docs/science.md: "Reward variance", "Likelihood displacement", "Over-optimisation"), and the detectors that turn them into
 warnings with a mitigation.
 """
 

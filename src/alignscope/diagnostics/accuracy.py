@@ -1,6 +1,6 @@
 """Reward-model accuracy, off-policy (fixed pairs) and on-policy (pairs of policy samples).
 
-Ties count ½ everywhere (science.md §2, §4): an RM that cannot tell two responses apart is
+Ties count ½ everywhere (docs/science.md, "Reward variance" and "Implicit reward models"): an RM that cannot tell two responses apart is
 guessing. For on-policy accuracy a pair the *gold* reward ties has no correct order, so it is left
 out of the denominator. The reference code of Razin et al. 2025 (princeton-pli/what-makes-good-rm,
 `__compute_per_prompt_ranking_accuracy`) instead scores sign agreement, which counts an RM tie as 0
@@ -17,12 +17,22 @@ from alignscope.diagnostics._arrays import as_f64, same_length
 from alignscope.errors import DataError
 
 
+def pair_wins(chosen: Any, rejected: Any) -> Any:
+    """Per pair 1[c > r] + ½·1[c = r], elementwise on numpy arrays or torch tensors alike.
+
+    The one home of the tie convention: training metrics (`rewards/accuracies`, on tensors, where a
+    NaN must not raise before the NaN guard sees it), the displacement monitor and
+    `tie_aware_accuracy` all score pairs through it.
+    """
+    return (chosen > rejected) * 1.0 + 0.5 * (chosen == rejected)
+
+
 def tie_aware_accuracy(chosen_scores: Any, rejected_scores: Any) -> float:
-    """Mean of 1[c > r] + ½·1[c = r] over pairs: the off-policy accuracy of an RM on fixed pairs."""
+    """Mean of `pair_wins` over pairs: the off-policy accuracy of an RM on fixed pairs."""
     c, r = as_f64(chosen_scores, "chosen_scores", ndim=1), as_f64(rejected_scores, "rejected_scores", ndim=1)
     if same_length(chosen_scores=c, rejected_scores=r) == 0:
         raise DataError("no pairs to score", field="chosen_scores")
-    return float(np.mean((c > r) + 0.5 * (c == r)))
+    return float(np.mean(pair_wins(c, r)))
 
 
 def per_prompt_accuracy(rm_rewards: Any, gold_rewards: Any) -> np.ndarray:

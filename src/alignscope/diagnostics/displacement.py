@@ -1,5 +1,5 @@
 """Likelihood-displacement monitor: how the log-probs of the chosen and rejected responses of a
-fixed evaluation set moved since the start of preference training (science.md §3)."""
+fixed evaluation set moved since the start of preference training (docs/science.md, "Likelihood displacement")."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from alignscope.diagnostics._arrays import as_f64, same_length
+from alignscope.diagnostics.accuracy import pair_wins
 from alignscope.errors import DataError
 
 
@@ -22,7 +23,7 @@ def displacement_stats(
     Keys: `n_pairs`; `mean_chosen_change` and `mean_rejected_change` (mean of now − start);
     `fraction_chosen_fell` (pairs whose chosen log-prob is strictly lower now: the displacement
     symptom even when the margin grows); `ranking_accuracy` and `ranking_accuracy_start` (fraction
-    with log π(y+) > log π(y−), which preference training often barely changes).
+    with log π(y+) > log π(y−), a tie counting ½; preference training often barely changes it).
     """
     cs, cn = as_f64(logp_chosen_start, "logp_chosen_start", 1), as_f64(logp_chosen_now, "logp_chosen_now", 1)
     rs, rn = as_f64(logp_rejected_start, "logp_rejected_start", 1), as_f64(logp_rejected_now, "logp_rejected_now", 1)
@@ -34,8 +35,8 @@ def displacement_stats(
         "mean_chosen_change": float(np.mean(cn - cs)),
         "mean_rejected_change": float(np.mean(rn - rs)),
         "fraction_chosen_fell": float(np.mean(cn < cs)),
-        "ranking_accuracy": float(np.mean(cn > rn)),
-        "ranking_accuracy_start": float(np.mean(cs > rs)),
+        "ranking_accuracy": float(np.mean(pair_wins(cn, rn))),
+        "ranking_accuracy_start": float(np.mean(pair_wins(cs, rs))),
     }
 
 

@@ -136,10 +136,10 @@ def run_demo(out: str | Path = "runs/demo", size: str = "tiny", seed: int = 0, q
         for s in rl_seeds:
             run_dir = out / (f"rl_{name}" if s == seed else f"rl_{name}_seed{s}")
             policy, tok = _load(sft_dir)
-            cfg = RLConfig(algorithm="rloo", prompts="<memory>", reward="<object>", output_dir=str(run_dir),
+            cfg = RLConfig(algorithm="rloo", output_dir=str(run_dir),
                            steps=rl_steps, prompts_per_step=8, samples_per_prompt=4, max_new_tokens=24, lr=5e-4,
                            kl_coef=0.02, seed=s, progress=False)
-            train_rl(cfg, model=policy, tokenizer=tok, prompts=prompts, reward_fn=fn, gold_fn=gold, log=lambda *a: None)
+            train_rl(cfg, model=policy, tokenizer=tok, prompts=prompts, reward=fn, gold=gold, log=lambda *a: None)
             rows = rf.read_jsonl(run_dir / rf.METRICS)
             golds = [r["reward/gold_mean"] for r in rows if "reward/gold_mean" in r]
             starts.append(golds[0])

@@ -19,7 +19,6 @@ from alignscope.losses.ranking import (
 from alignscope.losses.reward import (
     ENSEMBLE_AGGREGATIONS,
     aggregate_ensemble,
-    bt_accuracy,
     bt_loss,
 )
 from alignscope.losses.sft import sft_loss
@@ -40,7 +39,6 @@ __all__ = [
     "UnpairedLossOutput",
     "aggregate_ensemble",
     "bco_loss",
-    "bt_accuracy",
     "bt_loss",
     "combined_preference_loss",
     "curry_pairs",

@@ -15,7 +15,10 @@ import torch
 from alignscope.errors import ConfigError, did_you_mean
 
 BASELINES = ("mean", "none")
-LOSS_AGGREGATIONS = ("token_mean", "seq_mean", "dr_grpo")
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+SCALE_REWARDS = ("group", "batch", "none")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 
 
 def _need_group(rewards: torch.Tensor, method: str) -> None:
@@ -47,22 +50,27 @@ def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
     return (rewards - rewards.mean(dim=-1, keepdim=True)) * (n / (n - 1))
 
 
-def grpo_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-    """GRPO (Shao et al. 2024): (r − mean) / (std + eps) within each group.
+def grpo_advantages(rewards: torch.Tensor, eps: float = 1e-4, scale: str = "group") -> torch.Tensor:
+    """GRPO (Shao et al. 2024): (r − group mean) / (std + eps), TRL's `scale_rewards`.
 
-    std is the unbiased (Bessel-corrected, n − 1) group std and eps = 1e-4, exactly as TRL's
-    GRPOTrainer computes it (`rewards.view(-1, G).std(dim=1)`, torch's default). Groups whose
-    rewards all agree get advantage 0 (their std is 0, the numerator too).
+    scale="group" divides by each group's std, "batch" by the std of every reward of the batch
+    (PPO-Lite's choice), "none" not at all (Dr. GRPO). The std is unbiased (n − 1) and eps = 1e-4,
+    exactly as TRL's GRPOTrainer. Groups whose rewards all agree get advantage 0.
     """
     _need_group(rewards, "GRPO")
     centred = rewards - rewards.mean(dim=-1, keepdim=True)
-    return centred / (rewards.std(dim=-1, keepdim=True) + eps)
+    if scale == "group":
+        return centred / (rewards.std(dim=-1, keepdim=True) + eps)
+    if scale == "batch":
+        return centred / ((rewards.std() if rewards.numel() > 1 else rewards.new_zeros(())) + eps)
+    if scale == "none":
+        return centred
+    raise ConfigError(f"unknown scale_rewards '{scale}'{did_you_mean(scale, SCALE_REWARDS)}", f"use one of {', '.join(SCALE_REWARDS)}")
 
 
 def dr_grpo_advantages(rewards: torch.Tensor) -> torch.Tensor:
     """Dr. GRPO (Liu et al. 2025): r − mean; dividing by the std up-weights near-flat groups."""
-    _need_group(rewards, "Dr. GRPO")
-    return rewards - rewards.mean(dim=-1, keepdim=True)
+    return grpo_advantages(rewards, scale="none")
 
 
 def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
@@ -81,21 +89,54 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1
 
 
-def aggregate_tokens(per_token: torch.Tensor, mask: torch.Tensor, how: str = "token_mean", max_len: int | None = None) -> torch.Tensor:
-    """Reduce a [B, T] per-token loss to a scalar.
+def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
+    """Per-token KL(π‖π_ref) by Schulman's estimator `k1`, `k2` or `k3` (see each)."""
+    funcs = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
+    if estimator not in funcs:
+        raise ConfigError(f"unknown KL estimator '{estimator}'{did_you_mean(estimator, KL_ESTIMATORS)}", f"use one of {', '.join(KL_ESTIMATORS)}")
+    return funcs[estimator](logp, ref_logp)
 
-    token_mean: mean over all response tokens of the batch; seq_mean: mean over tokens within a
-    sequence, then over sequences (short responses weigh more per token); dr_grpo: sum over
-    tokens / (B·max_len), a constant normaliser, so no length bias (Liu et al. 2025).
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of each position's next-token distribution, −Σ p log p, from logits [..., V]: the full
+    distribution's entropy (differentiable), not the sampled token's −log p."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def aggregate_tokens(
+    per_token: torch.Tensor, mask: torch.Tensor, loss_type: str = "bnpo", max_len: int | None = None, num_items: float | None = None
+) -> torch.Tensor:
+    """Reduce a [B, T] per-token loss to a scalar, with TRL's `loss_type` meanings.
+
+    grpo: mean over each sequence's tokens, then over sequences (a short response weighs more per
+    token); bnpo: mean over every response token of this batch; dr_grpo: token sum / (B·max_len),
+    a constant normaliser (Liu et al. 2025); dapo: token sum / `num_items`, the response tokens of
+    the whole rollout batch per optimizer step, so every mini-batch of a rollout shares one
+    normaliser (Yu et al. 2025). With the rollout batch in one mini-batch, dapo equals bnpo.
     """
     m = mask.to(per_token.dtype)
-    if how == "token_mean":
-        return (per_token * m).sum() / m.sum().clamp(min=1)
-    if how == "seq_mean":
+    if loss_type == "grpo":
         return ((per_token * m).sum(-1) / m.sum(-1).clamp(min=1)).mean()
-    if how == "dr_grpo":
+    if loss_type == "bnpo":
+        return (per_token * m).sum() / m.sum().clamp(min=1)
+    if loss_type == "dr_grpo":
         return (per_token * m).sum() / (per_token.shape[0] * (max_len or per_token.shape[1]))
-    raise ConfigError(f"unknown loss aggregation '{how}'{did_you_mean(how, LOSS_AGGREGATIONS)}", f"use one of {', '.join(LOSS_AGGREGATIONS)}")
+    if loss_type == "dapo":
+        return (per_token * m).sum() / max(float(m.sum()) if num_items is None else float(num_items), 1.0)
+    raise ConfigError(f"unknown loss_type '{loss_type}'{did_you_mean(loss_type, LOSS_TYPES)}", f"use one of {', '.join(LOSS_TYPES)}")
+
+
+def importance_ratio(token_logps: torch.Tensor, old_token_logps: torch.Tensor, mask: torch.Tensor, level: str = "token") -> torch.Tensor:
+    """π/π_old per token [B, T], or GSPO's per sequence [B, 1]: exp of the mean token log-ratio
+    over the response (Zheng et al. 2025), as TRL's `importance_sampling_level`."""
+    log_ratio = token_logps - old_token_logps
+    if level == "token":
+        return torch.exp(log_ratio)
+    if level == "sequence":
+        m = mask.to(log_ratio.dtype)
+        return torch.exp((log_ratio * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp(min=1))
+    raise ConfigError(f"unknown importance_sampling_level '{level}'{did_you_mean(level, IMPORTANCE_SAMPLING_LEVELS)}", "use token or sequence")
 
 
 def policy_gradient_loss(
@@ -103,28 +144,47 @@ def policy_gradient_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     old_token_logps: torch.Tensor | None = None,
-    clip_eps: float = 0.2,
-    loss_agg: str = "token_mean",
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    loss_type: str = "bnpo",
     max_len: int | None = None,
+    num_items: float | None = None,
+    importance_sampling_level: str = "token",
     kl_coef: float = 0.0,
     ref_token_logps: torch.Tensor | None = None,
+    kl_estimator: str = "k3",
+    use_bias_correction_kl: bool = False,
+    entropy: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
 ) -> torch.Tensor:
-    """The clipped surrogate −min(ρ·A, clip(ρ, 1−ε, 1+ε)·A), ρ = π/π_old, plus kl_coef·k3 to π_ref.
+    """The clipped surrogate −min(ρ·A, clip(ρ, 1−ε, 1+ε_high)·A), ρ = π/π_old, plus kl_coef·KL to π_ref,
+    aggregated by `loss_type`, minus entropy_coef × the token-mean entropy.
 
     `advantages` is [B] (one per sequence, broadcast over its tokens) or [B, T] (per token, GAE).
     Without `old_token_logps` the ratio is 1 (old = detached current), so the gradient is plain
-    REINFORCE: −A·∇log π. The k3 term is the "KL in the loss" variant (GRPO); pass kl_coef=0 when
-    the KL is put in the reward instead (`kl_penalised_rewards`).
+    REINFORCE: −A·∇log π. ε_high > ε is DAPO's clip-higher (None: ε). The KL term (`kl_estimator`,
+    k3 as GRPO) is the "KL in the loss" variant; pass kl_coef=0 when the KL is put in the reward
+    (`kl_penalised_scores`). `use_bias_correction_kl` weights each KL term by ρ, TRL's importance
+    correction for a KL estimated on samples of π_old. The entropy bonus is a token mean whatever
+    `loss_type`, as TRL's.
     """
     old = token_logps.detach() if old_token_logps is None else old_token_logps
     adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
-    ratio = torch.exp(token_logps - old)
-    per_token = -torch.minimum(ratio * adv, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv)
+    ratio = importance_ratio(token_logps, old, mask, importance_sampling_level)
+    high = epsilon if epsilon_high is None else epsilon_high
+    per_token = -torch.minimum(ratio * adv, torch.clamp(ratio, 1 - epsilon, 1 + high) * adv)
     if kl_coef:
         if ref_token_logps is None:
             raise ConfigError("kl_coef is set but no reference log-probabilities were given", "pass ref_token_logps, or kl_coef=0")
-        per_token = per_token + kl_coef * kl_k3(token_logps, ref_token_logps)
-    return aggregate_tokens(per_token, mask, loss_agg, max_len)
+        kl = kl_estimate(token_logps, ref_token_logps, kl_estimator)
+        per_token = per_token + kl_coef * (kl * ratio if use_bias_correction_kl else kl)
+    per_token = per_token.expand_as(token_logps)
+    loss = aggregate_tokens(per_token, mask, loss_type, max_len, num_items)
+    if entropy_coef:
+        if entropy is None:
+            raise ConfigError("entropy_coef is set but no token entropies were given", "pass entropy, or entropy_coef=0")
+        loss = loss - entropy_coef * aggregate_tokens(entropy, mask, "bnpo")
+    return loss
 
 
 def gae(
@@ -153,7 +213,7 @@ def value_loss(
     """PPO's clipped value loss ½·max((V − R)², (V_clip − R)²), V_clip = V_old + clip(V − V_old, ±clip); token mean."""
     clipped = old_values + torch.clamp(values - old_values, -clip, clip)
     per_token = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
-    return aggregate_tokens(per_token, mask, "token_mean")
+    return aggregate_tokens(per_token, mask, "bnpo")
 
 
 class FixedKLController:

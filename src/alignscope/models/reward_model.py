@@ -14,9 +14,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from alignscope.errors import ModelError
+from alignscope.losses.reward import ENSEMBLE_AGGREGATIONS, aggregate_ensemble
 from alignscope.models.scoring import Layout, body_and_head, run_body
-
-AGGREGATES = ("mean", "min", "mean_minus_std")
 
 
 class RewardModel(nn.Module):
@@ -31,8 +30,8 @@ class RewardModel(nn.Module):
         self.head = nn.Linear(d, num_heads)
         nn.init.normal_(self.head.weight, std=1.0 / (d + 1) ** 0.5)
         nn.init.zeros_(self.head.bias)
-        if aggregate not in AGGREGATES:
-            raise ModelError(f"unknown ensemble aggregate '{aggregate}'", f"use one of {AGGREGATES}")
+        if aggregate not in ENSEMBLE_AGGREGATIONS:
+            raise ModelError(f"unknown ensemble aggregate '{aggregate}'", f"use one of {ENSEMBLE_AGGREGATIONS}")
         self.aggregate, self.k_std = aggregate, k_std
 
     @property
@@ -40,14 +39,8 @@ class RewardModel(nn.Module):
         return self.lm.config
 
     def aggregate_heads(self, per_head: torch.Tensor) -> torch.Tensor:
-        """[B, k] head rewards -> [B] ensemble reward."""
-        if per_head.shape[-1] == 1:
-            return per_head[..., 0]
-        if self.aggregate == "mean":
-            return per_head.mean(-1)
-        if self.aggregate == "min":
-            return per_head.min(-1).values
-        return per_head.mean(-1) - self.k_std * per_head.std(-1)
+        """[B, k] head rewards -> [B] ensemble reward (`losses.reward.aggregate_ensemble`, population std)."""
+        return aggregate_ensemble(per_head.movedim(-1, 0), self.aggregate, self.k_std)
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, per_head: bool = False,
                 layout: Layout | None = None) -> torch.Tensor:

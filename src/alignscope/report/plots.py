@@ -61,28 +61,55 @@ def metric_groups(keys: Sequence[str]) -> list[tuple[str, list[str]]]:
     return sorted(groups.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0]))
 
 
+def ema(values: Sequence[float], span: int) -> np.ndarray:
+    """Bias-corrected exponential moving average with alpha = 2/(span+1) (the first points are not
+    pulled toward zero, as an uncorrected EMA started at 0 would)."""
+    v = np.asarray(values, dtype=np.float64)
+    alpha = 2.0 / (max(1, span) + 1.0)
+    out = np.empty_like(v)
+    acc = weight = 0.0
+    for i, x in enumerate(v):
+        acc = (1 - alpha) * acc + alpha * x
+        weight = (1 - alpha) * weight + alpha
+        out[i] = acc / weight
+    return out
+
+
+def smoothing_span(n_points: int) -> int:
+    """The EMA span for a curve of n points: a tenth of it, at least 1 (no smoothing for short curves)."""
+    return max(1, n_points // 10)
+
+
 def training_curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]]) -> tuple[Png, int]:
-    """One panel per metric group over steps; returns the figure and how many groups were left out."""
+    """One panel per metric group over steps, each curve EMA-smoothed with its raw values faint
+    behind it; returns the figure and how many groups were left out."""
     groups = metric_groups(list(series))
     shown, omitted = groups[:MAX_PANELS], max(0, len(groups) - MAX_PANELS)
     fig, axes = _grid(len(shown))
+    colors = ["#4878a8", "#d1495b", "#5a9a68", "#e08a2c"]
     for ax, (title, keys) in zip(axes, shown):
-        for key in keys:
+        for i, key in enumerate(keys):
             steps, values = series[key]
-            ax.plot(steps, values, marker="." if len(steps) < 30 else None, label=key.rpartition("/")[2] if len(keys) > 1 else None)
+            color = colors[i % len(colors)]
+            label = key.rpartition("/")[2] if len(keys) > 1 else None
+            span = smoothing_span(len(values))
+            if span > 1:
+                ax.plot(steps, values, color=color, alpha=0.25, lw=0.8)
+                ax.plot(steps, ema(values, span), color=color, lw=1.6, label=label)
+            else:
+                ax.plot(steps, values, color=color, marker=".", label=label)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-        if len(keys) > 1:
-            ax.legend(fontsize=8)
+        _legend(ax)
     return _render(fig), omitted
 
 
 def displacement(series: Mapping[str, tuple[Sequence[float], Sequence[float]]]) -> Png:
     """Fractions (pairs whose chosen log-prob fell, ranking accuracy) and mean log-prob changes."""
     fig, (left, right) = _grid(2, ncols=2, row_height=3.2)
-    for key in ("fraction_chosen_fell", "ranking_accuracy"):
+    for key in ("fraction_chosen_fell", "ranking_accuracy", "implicit_reward_accuracy"):
         if key in series:
             left.plot(*series[key], marker=".", label=key)
     left.set_ylim(-0.02, 1.02)
@@ -99,17 +126,63 @@ def displacement(series: Mapping[str, tuple[Sequence[float], Sequence[float]]]) 
     return _render(fig)
 
 
+def _symlog_bins(values: np.ndarray, n_bins: int, linthresh: float) -> np.ndarray:
+    """Bin edges equally spaced on a symlog axis, so a heavy tail does not squash the bulk into one bin."""
+    f = lambda x: np.sign(x) * np.log10(1 + np.abs(x) / linthresh)  # noqa: E731
+    g = lambda t: np.sign(t) * linthresh * (10 ** np.abs(t) - 1)  # noqa: E731
+    lo, hi = f(values.min()), f(values.max())
+    if hi <= lo:
+        hi = lo + 1.0
+    return g(np.linspace(lo, hi, n_bins + 1))
+
+
 def ches_histogram(ln_ches: np.ndarray, ches: np.ndarray, flagged: np.ndarray) -> Png:
-    """Histograms of length-normalised and raw CHES, flagged pairs stacked in a second colour."""
+    """Histograms of length-normalised CHES (linear) and raw CHES (symlog axis: raw CHES grows with
+    length and is heavy-tailed), flagged pairs stacked in a second colour."""
     fig, axes = _grid(2, ncols=2, row_height=3.2)
-    for ax, values, title in ((axes[0], ln_ches, "length-normalised CHES"), (axes[1], ches, "raw CHES")):
-        bins = np.histogram_bin_edges(values, bins=min(40, max(5, len(values) // 4)))
+    n_bins = min(40, max(5, len(ln_ches) // 4))
+    nonzero = np.abs(ches[ches != 0])
+    linthresh = float(np.median(nonzero)) if nonzero.size else 1.0
+    for ax, values, title in ((axes[0], ln_ches, "length-normalised CHES"), (axes[1], ches, "raw CHES (symlog axis)")):
+        if values is ches:
+            bins = _symlog_bins(values, n_bins, linthresh)
+            ax.set_xscale("symlog", linthresh=linthresh)
+        else:
+            bins = np.histogram_bin_edges(values, bins=n_bins)
         ax.hist([values[~flagged], values[flagged]], bins=bins, stacked=True,
-                label=["kept", "flagged"], color=["#4878a8", "#d1495b"])
+                label=["not flagged", "flagged"], color=["#4878a8", "#d1495b"])
         ax.set_title(title, fontsize=10)
         ax.set_ylabel("pairs", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    return _render(fig)
+
+
+def pair_scatter(delta_chosen: np.ndarray, panels: Sequence[tuple[str, np.ndarray, float]]) -> Png:
+    """Per pair, the change of log p(chosen) over training (y) against each score of `panels`
+    ((x label, x values, Spearman rho)): does the score predict which pairs displace?"""
+    fig, axes = _grid(len(panels), ncols=2, row_height=3.2)
+    for ax, (label, x, rho) in zip(axes, panels):
+        ax.scatter(x, delta_chosen, s=10, alpha=0.6, color="#4878a8")
+        ax.axhline(0.0, color="grey", lw=0.8)
+        ax.set_xlabel(label, fontsize=8)
+        ax.set_ylabel("Δ log p(chosen), first → last eval (nats)", fontsize=8)
+        ax.set_title(f"Spearman ρ = {rho:+.2f}" if np.isfinite(rho) else "Spearman ρ undefined", fontsize=10)
+        ax.grid(alpha=0.3)
+    return _render(fig)
+
+
+def variance_over_steps(steps: Sequence[float], zero_fraction: Sequence[float], mean_var: Sequence[float]) -> Png:
+    """RL: fraction of prompts whose sampled rewards all tie, and the mean per-prompt variance, per step."""
+    fig, (left, right) = _grid(2, ncols=2, row_height=3.0)
+    left.plot(steps, zero_fraction, marker="." if len(steps) < 30 else None, color="#d1495b")
+    left.set_ylim(-0.02, 1.02)
+    left.set_title("fraction of prompts with zero reward variance", fontsize=10)
+    right.plot(steps, mean_var, marker="." if len(steps) < 30 else None)
+    right.set_title("mean per-prompt reward variance", fontsize=10)
+    for ax in (left, right):
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
     return _render(fig)
 
 

@@ -214,7 +214,7 @@ class ModelReward(RewardSource):
 
 
 class ImplicitReward(RewardSource):
-    """β·(log π(y|x) − log π_ref(y|x)): the reward a DPO-trained policy defines (science.md §1, §4).
+    """β·(log π(y|x) − log π_ref(y|x)): the reward a DPO-trained policy defines (docs/science.md, "Direct preference losses" and "Implicit reward models").
 
     Scored by the project's one scoring engine (`models.scoring.sequence_logps`), so the
     log-probabilities are exactly those the DPO trainer optimised.
@@ -267,9 +267,12 @@ def load_reward_source(spec: str | RewardFn, **kw: Any) -> RewardSource:
     - a callable, or 'module:function' / 'file.py:function' -> `FunctionReward`;
     - 'lab:gold' -> the lab's gold reward;
     - a folder with an alignscope reward model or a saved Hugging Face sequence classifier ->
-      `ModelReward` (`kw` go to it: batch_size, max_length, encoding).
+      `ModelReward` (`kw` go to it: batch_size, max_length, encoding). The folder is parsed by
+      the model-spec grammar (`alignscope.models.spec`), so a path means the same here as for a policy.
     A causal-LM folder is refused: loading it as a classifier would add a random score head.
     """
+    from alignscope.models.spec import parse_model_spec
+
     if callable(spec):
         return FunctionReward(spec)
     spec = str(spec)
@@ -277,27 +280,36 @@ def load_reward_source(spec: str | RewardFn, **kw: Any) -> RewardSource:
         from alignscope.world.gold import gold_rewards
 
         return FunctionReward(gold_rewards)
-    path = Path(spec)
-    if path.is_dir():
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from alignscope.models.reward_model import RewardModel, is_reward_model_dir
-
-        if is_reward_model_dir(path):
-            return ModelReward(RewardModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), **kw)
-        if not _sequence_classifier(path):
-            raise ModelError(
-                f"'{spec}' is not a reward model folder (no alignscope_reward.json, and its config is not a *ForSequenceClassification)",
-                "train one with `alignscope train rm`, or give a module:function reward",
-            )
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(path)
-            tok = AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError) as e:
-            raise ModelError(f"cannot load the reward model in '{spec}': {e}") from None
-        if model.config.num_labels != 1:
-            raise ModelError(f"'{spec}' has {model.config.num_labels} labels; a reward model has one")
-        return ModelReward(model, tok, **kw)
-    if ":" in spec and not path.exists():
+    forms = "give a reward-model folder, module:function, or lab:gold"
+    if spec.startswith("lab:"):
+        raise ConfigError(f"reward '{spec}' names a lab model, not a reward", forms)
+    if ":" in spec and not Path(spec).exists():
         return FunctionReward(spec)
-    raise ConfigError(f"reward '{spec}' is neither a folder nor module:function", "give a reward-model folder, module:function, or lab:gold")
+    try:
+        parsed = parse_model_spec(spec)
+    except ModelError as e:
+        raise ConfigError(f"reward '{spec}' is neither a folder nor module:function ({e.problem})", forms) from None
+    if parsed.kind == "hub":
+        raise ConfigError(f"reward '{spec}' is neither a folder nor module:function", forms)
+    if parsed.kind != "folder":
+        raise ConfigError(f"reward '{spec}' names a language model ({parsed.kind}), not a reward model", forms)
+    path = Path(parsed.target)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from alignscope.models.reward_model import RewardModel, is_reward_model_dir
+
+    if is_reward_model_dir(path):
+        return ModelReward(RewardModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), **kw)
+    if not _sequence_classifier(path):
+        raise ModelError(
+            f"'{spec}' is not a reward model folder (no alignscope_reward.json, and its config is not a *ForSequenceClassification)",
+            "train one with `alignscope train rm`, or give a module:function reward",
+        )
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load the reward model in '{spec}': {e}") from None
+    if model.config.num_labels != 1:
+        raise ModelError(f"'{spec}' has {model.config.num_labels} labels; a reward model has one")
+    return ModelReward(model, tok, **kw)

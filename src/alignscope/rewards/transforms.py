@@ -1,6 +1,7 @@
-"""Reward transforms: standardise with statistics fixed on a reference sample, log-sigmoid centring, clipping.
+"""Reward transforms: standardise with statistics fixed on a reference sample, log-sigmoid centring, clipping,
+and DAPO's overlong penalty.
 
-Reward variance is not scale-free (science.md §2), so a transform changes how fast RL can move;
+Reward variance is not scale-free (docs/science.md, "Reward variance"), so a transform changes how fast RL can move;
 statistics are fixed once (`fit`) rather than recomputed per batch so the reward a response gets
 does not depend on the batch it lands in.
 """
@@ -132,3 +133,18 @@ class RewardTransform:
         for name, arg in self.steps:
             r = self._apply(name, arg, r, ref_rewards)
         return r
+
+
+def overlong_penalty(lengths: Any, max_len: int, buffer: int, penalty: float = 1.0) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), scaled by `penalty`.
+
+    0 up to max_len − buffer tokens, then falling linearly to −penalty at max_len, and −penalty
+    beyond: a response cut at the length cap is punished for its length, not scored as if finished.
+    """
+    if buffer < 0 or buffer > max_len:
+        raise ConfigError(f"overlong_buffer must be in [0, max_len={max_len}], got {buffer}")
+    n = _as_float(lengths)
+    start = max_len - buffer
+    ramp = (start - n) / buffer if buffer else torch.zeros_like(n)
+    out = torch.where(n <= start, torch.zeros_like(n), torch.where(n <= max_len, ramp, torch.full_like(n, -1.0)))
+    return penalty * out

@@ -67,25 +67,38 @@ def save_checkpoint(
     run_dir = Path(run_dir)
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f".tmp-checkpoint-{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    tensors = trainable_state(model)
-    # safetensors refuses shared storage (tied embeddings): store a copy per name.
-    save_file({k: v.clone() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
-    _test_kill_point(step, "weights")
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()},
-        tmp / "trainer_state.pt",
-    )
-    (tmp / "state.json").write_text(json.dumps({**state, "rng": rng_state()}))
-    (tmp / MARKER).write_text(json.dumps({"step": step}))
-    _test_kill_point(step, "rename")
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    old = run_dir / f".old-checkpoint-{step}"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        tensors = trainable_state(model)
+        # safetensors refuses shared storage (tied embeddings): store a copy per name.
+        save_file({k: v.clone() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
+        _test_kill_point(step, "weights")
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()},
+            tmp / "trainer_state.pt",
+        )
+        (tmp / "state.json").write_text(json.dumps({**state, "rng": rng_state()}))
+        (tmp / MARKER).write_text(json.dumps({"step": step}))
+        _test_kill_point(step, "rename")
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+    except Exception as e:  # a full disk shows as RuntimeError in torch.save, SafetensorError, OSError, ...
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not final.exists():
+            old.rename(final)
+        kept = [p.name for p in list_checkpoints(run_dir) if _valid(p)]
+        raise TrainingError(
+            f"could not write checkpoint-{step} in {run_dir} ({type(e).__name__}: {e}); "
+            + (f"the last good checkpoint, {kept[-1]}, is kept" if kept else "no earlier checkpoint exists"),
+            "free disk space or fix the folder's permissions, then run again with --resume",
+        ) from None
+    shutil.rmtree(old, ignore_errors=True)
     _test_kill_point(step, "prune")
-    for old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+    for stale in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
@@ -107,8 +120,31 @@ def _valid(path: Path) -> bool:
         return False
 
 
+def check_contents(path: Path, tensors: dict[str, torch.Tensor], trainer: Any, state: Any) -> str | None:
+    """What is missing from a parseable checkpoint (so it cannot be resumed), or None when it is whole."""
+    if not tensors:
+        return "model.safetensors holds no tensors"
+    if not isinstance(trainer, dict):
+        return f"trainer_state.pt holds a {type(trainer).__name__}, not a mapping"
+    for key in ("optimizer", "scheduler", "torch_rng"):
+        if key not in trainer:
+            return f"trainer_state.pt has no '{key}'"
+    if not isinstance(trainer["optimizer"], dict) or "state" not in trainer["optimizer"] or "param_groups" not in trainer["optimizer"]:
+        return "trainer_state.pt's optimizer state has no 'state' or 'param_groups'"
+    if not isinstance(trainer["torch_rng"], torch.Tensor) or trainer["torch_rng"].dtype != torch.uint8:
+        return "trainer_state.pt's torch_rng is not a byte tensor"
+    if not isinstance(state, dict):
+        return f"state.json holds a {type(state).__name__}, not an object"
+    if state.get("step") != int(path.name.split("-")[1]):
+        return f"state.json's step is {state.get('step')!r}, not {path.name.split('-')[1]}"
+    rng = state.get("rng")
+    if not isinstance(rng, dict) or not {"python", "numpy"} <= set(rng):
+        return "state.json has no Python and NumPy RNG states"
+    return None
+
+
 def load_latest(run_dir: Path, log=print) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]] | None:
-    """(model tensors, trainer state, run state) of the newest readable checkpoint, or None."""
+    """(model tensors, trainer state, run state) of the newest whole checkpoint, or None; each one skipped is named."""
     for path in reversed(list_checkpoints(run_dir)):
         if not _valid(path):
             log(f"alignscope: checkpoint {path} is partial (no valid {MARKER}); using the previous one")
@@ -120,7 +156,30 @@ def load_latest(run_dir: Path, log=print) -> tuple[dict[str, torch.Tensor], dict
         except Exception as e:  # a corrupt file of any kind: fall back, say so
             log(f"alignscope: checkpoint {path} is corrupt ({type(e).__name__}: {e}); using the previous one")
             continue
+        problem = check_contents(path, tensors, trainer, state)
+        if problem:
+            log(f"alignscope: checkpoint {path} is incomplete ({problem}); using the previous one")
+            continue
         return tensors, trainer, state
+    return None
+
+
+def load_logps_cache(path: Path, expected: int, log=print) -> torch.Tensor | None:
+    """A cached log-prob vector of `expected` finite values, or None (the caller recomputes it) when the
+    file is missing, unreadable, the wrong length or holds NaN/inf; a wrong cache is named and removed."""
+    if not path.exists():
+        return None
+    try:
+        flat = load_file(str(path))["logps"]
+        problem = None if flat.dim() == 1 and len(flat) == expected else f"{tuple(flat.shape)} values for {expected} responses"
+        if problem is None and not torch.isfinite(flat).all():
+            problem = "non-finite values"
+    except Exception as e:
+        problem = f"{type(e).__name__}: {e}"
+    if problem is None:
+        return flat
+    log(f"alignscope: the reference log-prob cache {path} is wrong ({problem}); recomputing it")
+    path.unlink(missing_ok=True)
     return None
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from alignscope.errors import ConfigError
 from alignscope.options import Options, opt
@@ -87,12 +87,14 @@ class TrainConfig(Options):
     group_by_length: bool = opt(False, "batches of similar-length examples (less padding; batch order stays random)")
     loss: list[LossTerm] = opt([LossTerm()], "DPO loss terms, e.g. [sigmoid, sft:0.2] (a weighted sum)")
     beta: float = opt(0.1, "DPO/KTO temperature: how far the policy may move from the reference", gt=0)
-    label_smoothing: float = opt(0.0, "conservative DPO / robust DPO: assumed fraction of flipped labels", ge=0, lt=0.5)
-    gamma: float = opt(0.5, "SimPO's target reward margin (the simpo loss)", ge=0)
+    label_smoothing: float = opt(0.0, "assumed fraction of flipped labels (conservative/robust DPO, simpo, below 0.5); exo_pair's epsilon (below 1)", ge=0, lt=1)
+    simpo_gamma: float = opt(0.5, "SimPO's target reward margin (the simpo loss; TRL's CPOConfig name)", ge=0)
     orpo: bool = opt(False, "train with ORPO instead of `loss` (reference-free)")
     kto_desirable_weight: float = opt(1.0, "KTO: weight of desirable examples", gt=0)
     kto_undesirable_weight: float = opt(1.0, "KTO: weight of undesirable examples", gt=0)
-    rank_objective: Literal["plackett_luce", "curry"] = opt("plackett_luce", "ranked data: the Plackett-Luce DPO loss, or Curry-DPO's pairs")
+    rank_objective: Literal["plackett_luce", "pro", "curry"] = opt(
+        "plackett_luce", "ranked data: the Plackett-Luce DPO loss, PRO (reference-free), or Curry-DPO's pairs")
+    pro_sft_weight: float = opt(0.0, "PRO: weight of the NLL of the best-ranked response added to the loss", ge=0)
     rm_heads: int = opt(1, "reward model heads; k > 1 trains an ensemble of k scalar heads", ge=1, le=64)
     rm_aggregate: Literal["mean", "min", "mean_minus_std"] = opt("mean", "how an ensemble's heads combine into one reward")
     rm_center_coef: float = opt(0.0, "reward centring: weight of the mean squared reward added to the loss", ge=0)
@@ -123,56 +125,124 @@ class TrainConfig(Options):
                         f"unknown loss type '{term.type}'" + did_you_mean(term.type, PREFERENCE_LOSSES),
                         f"choose from {', '.join(PREFERENCE_LOSSES)}",
                     )
+            # exo_pair reads label_smoothing as its epsilon, in [0, 1) (TRL's meaning); elsewhere it is a flip rate, below ½.
+            others = [t.type for t in self.loss if t.type != "exo_pair"]
+            if self.label_smoothing >= 0.5 and others:
+                raise ConfigError(
+                    f"label_smoothing {self.label_smoothing} must be below 0.5 with {', '.join(others)}",
+                    "ε is the assumed rate of flipped labels; at ½ the labels carry no information (only exo_pair alone takes up to 1)",
+                )
 
 
 ALGORITHMS = ("reinforce", "rloo", "grpo", "dr_grpo", "ppo")
 
 
 @dataclass
-class RLConfig(Options):
-    """Every option of `alignscope train rl`."""
+class RewardSpec(Options):
+    """One term of RL's reward sum: a Python function or a reward-model folder, with its weight."""
 
-    algorithm: Literal["reinforce", "rloo", "grpo", "dr_grpo", "ppo"] = opt("rloo", "the policy-gradient algorithm (ppo adds a value head)")
+    fn: str | None = opt(None, "a reward function 'module:function' (or file.py:function, or 'lab:gold')")
+    rm: str | None = opt(None, "a reward-model folder (alignscope RM or a Hugging Face sequence classifier)")
+    weight: float = opt(1.0, "the term's weight in the summed reward")
+    name: str | None = opt(None, "the name its metrics are logged under; null = the function's name or the folder's")
+
+    def validate(self) -> None:
+        if (self.fn is None) == (self.rm is None):
+            raise ConfigError("a reward term needs exactly one of fn or rm", "write e.g. {fn: my_rewards:length, weight: 1.0} or {rm: runs/rm/final}")
+
+    @property
+    def label(self) -> str:
+        """The term's metric name."""
+        if self.name:
+            return self.name
+        return self.fn.rpartition(":")[2] if self.fn else Path(self.rm.rstrip("/")).name or self.rm
+
+
+@dataclass
+class RLConfig(Options):
+    """Every option of `alignscope train rl`. The algorithm is the advantage estimator; `loss_type` is how
+    the per-token loss is averaged (TRL's names and meanings)."""
+
+    algorithm: Literal["reinforce", "rloo", "grpo", "dr_grpo", "ppo"] = opt("rloo", "the advantage estimator (ppo adds a value head and GAE)")
     model: str = opt("lab:tiny", "the policy: a folder, a .gguf file, 'smollm2', a cached hub id, or 'lab:SIZE'")
-    prompts: str = opt("", "the prompts: a prompt-only data file (or any format with prompts)")
+    prompts: str = opt("", "the prompts: a prompt-only data file (or any format with prompts); not needed when given in memory")
     format: str | None = opt(None, "the prompt file's format; null = detect")
     map: dict = opt({}, "column renames, e.g. {prompt: question}")
     as_chat: bool = opt(False, "send plain-text prompts as one user message, so the chat template applies")
-    reward: str = opt("", "the training reward: 'module:function', a reward-model folder, or 'lab:gold'")
+    reward: str = opt("", "the training reward: 'module:function', a reward-model folder, or 'lab:gold' (or use `rewards`)")
+    rewards: list[RewardSpec] = opt([], "several rewards summed with weights, e.g. [{fn: m:f, weight: 1.0}, {rm: FOLDER, weight: 0.5}]")
+    reward_timeout: float | None = opt(None, "seconds one call of a reward may take before the run stops with an error; null = no limit", gt=0)
+    reward_transform: list[Any] = opt([], "transforms of the summed reward, in order: standardize, {clip: [low, high]}, {log_sigmoid_centring: r_ref}")
+    reward_transform_samples: int = opt(32, "prompts (samples_per_prompt each) the initial policy answers to fix the transform's statistics", ge=2)
     gold: str | None = opt(None, "a gold reward for monitoring over-optimisation ('module:function' or 'lab:gold')")
     output_dir: str = opt("runs/rl", "the run folder: metrics, checkpoints, final model")
-    steps: int = opt(50, "optimizer steps (one rollout batch each)", ge=1)
-    prompts_per_step: int = opt(8, "prompts sampled per step", ge=1)
+    steps: int = opt(50, "rollout batches (each followed by num_iterations x steps_per_generation optimizer steps)", ge=1)
+    prompts_per_step: int = opt(8, "prompts sampled per rollout batch", ge=1)
     samples_per_prompt: int = opt(4, "completions sampled per prompt (the group size)", ge=1)
     max_new_tokens: int = opt(24, "longest completion in tokens", ge=1)
     temperature: float = opt(1.0, "sampling temperature of the rollouts", gt=0)
     top_p: float = opt(1.0, "nucleus sampling: keep the smallest token set with this much probability", gt=0, le=1)
     lr: float = opt(1e-4, "policy learning rate (AdamW)", gt=0, le=1)
     max_grad_norm: float | None = opt(1.0, "clip the gradient's global norm to this; null = no clipping", gt=0)
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] | None = opt(
+        None, "loss aggregation as TRL: grpo (per-sequence mean), bnpo (batch token mean), dr_grpo (/ B·max_new_tokens), "
+        "dapo (/ the rollout's tokens per step); null = dr_grpo for dr_grpo, else bnpo")
+    scale_rewards: Literal["group", "batch", "none"] | None = opt(None, "grpo: divide advantages by the group's or the batch's reward std, or not; null = group")
+    epsilon: float = opt(0.2, "ratio clipping: the lower bound is 1 - epsilon", gt=0, lt=1)
+    epsilon_high: float | None = opt(None, "the upper bound is 1 + epsilon_high (DAPO's clip-higher, e.g. 0.28); null = epsilon", gt=0)
+    num_iterations: int = opt(1, "passes over each rollout batch; after the first the ratio to the rollout policy is no longer 1", ge=1)
+    steps_per_generation: int = opt(1, "mini-batches (optimizer steps) per pass over a rollout batch", ge=1)
+    importance_sampling_level: Literal["token", "sequence"] = opt("token", "the ratio per token, or per sequence (GSPO: exp of the mean token log-ratio)")
+    mask_truncated_completions: bool = opt(False, "leave completions cut at max_new_tokens out of the loss (they still count in the group's baseline)")
+    overlong_buffer: int | None = opt(None, "DAPO's soft overlong penalty: it ramps over the last N tokens before max_new_tokens; null = off", ge=1)
+    overlong_penalty: float = opt(1.0, "the overlong penalty at max_new_tokens (reward units)", ge=0)
+    entropy_coef: float = opt(0.0, "weight of the entropy bonus (token-mean entropy of the policy, subtracted from the loss)", ge=0)
     kl_coef: float = opt(0.05, "weight of the KL penalty to the reference", ge=0)
-    kl_mode: Literal["reward", "loss"] = opt("loss", "the KL penalty as k1 in the reward, or as a k3 term in the loss")
+    kl_mode: Literal["reward", "loss"] = opt("loss", "the KL penalty subtracted from the reward, or added to the loss")
+    kl_estimator: Literal["k1", "k2", "k3"] | None = opt(None, "Schulman's KL estimator; null = k1 in the reward, k3 in the loss")
+    use_bias_correction_kl: bool = opt(True, "kl_mode=loss: weight each token's KL by the importance ratio to the rollout policy (TRL's default)")
     adaptive_kl_target: float | None = opt(None, "target KL for Ziegler et al.'s adaptive controller; null = fixed kl_coef", gt=0)
-    clip_eps: float = opt(0.2, "PPO-style ratio clipping range", gt=0, lt=1)
-    ppo_epochs: int = opt(2, "PPO: passes over each rollout batch", ge=1)
     value_lr: float = opt(1e-3, "PPO: value head learning rate", gt=0, le=1)
     vf_coef: float = opt(0.5, "PPO: weight of the clipped value loss", ge=0)
+    cliprange_value: float = opt(0.2, "PPO: how far a value may move from the rollout's value before its loss is clipped", gt=0)
     gae_lambda: float = opt(0.95, "PPO: GAE's lambda", ge=0, le=1)
     dynamic_sampling: bool = opt(False, "drop groups whose reward variance is below variance_threshold and refill")
     variance_threshold: float = opt(1e-6, "a group's reward variance at or below this counts as flat", ge=0)
     max_refill_rounds: int = opt(4, "dynamic sampling: most refill rounds per step", ge=0)
-    reward_standardize: bool = opt(False, "standardise rewards over the batch before computing advantages")
     padding_free: bool = opt(True, "score a group's completions as one row of real tokens (sdpa; same numbers)")
     seed: int = opt(0, "random seed (prompt order, sampling, initialisation)", ge=0, lt=2**32)
     save_steps: int | None = opt(None, "write a checkpoint every N steps; null = only the final model", ge=1)
     keep_last: int = opt(2, "checkpoints kept on disk (older ones are pruned)", ge=1)
+    report_to: list[str] = opt([], "trackers besides metrics.jsonl: tensorboard, wandb (offline)")
     progress: bool = opt(True, "show progress bars")
     trust_remote_code: bool = opt(False, "allow a model folder's own Python code (unsafe for untrusted models)")
 
+    @property
+    def resolved_loss_type(self) -> str:
+        """The aggregation in use: `loss_type`, or the algorithm's own."""
+        return self.loss_type or ("dr_grpo" if self.algorithm == "dr_grpo" else "bnpo")
+
+    @property
+    def resolved_kl_estimator(self) -> str:
+        """The KL estimator in use: `kl_estimator`, or k1 in the reward (InstructGPT) and k3 in the loss (GRPO)."""
+        return self.kl_estimator or ("k1" if self.kl_mode == "reward" else "k3")
+
     def validate(self) -> None:
-        if not self.prompts:
-            raise ConfigError("no prompts given", "set prompts: path/to/prompts.jsonl")
-        if not self.reward:
-            raise ConfigError("no reward given", "set reward: module:function, a reward-model folder, or lab:gold")
+        if self.reward and self.rewards:
+            raise ConfigError("both reward and rewards are set", "give one reward, or list them all under rewards")
         _check_output_dir(self.output_dir)
         if self.samples_per_prompt < 2 and self.algorithm in ("rloo", "grpo", "dr_grpo"):
             raise ConfigError(f"{self.algorithm} needs samples_per_prompt >= 2 (it compares samples of one prompt)")
+        if self.scale_rewards is not None and self.algorithm != "grpo":
+            raise ConfigError(f"scale_rewards applies to algorithm grpo, not {self.algorithm}",
+                              "drop scale_rewards (dr_grpo is grpo with scale_rewards: none)")
+        if self.overlong_buffer is not None and self.overlong_buffer > self.max_new_tokens:
+            raise ConfigError(f"overlong_buffer ({self.overlong_buffer}) is longer than max_new_tokens ({self.max_new_tokens})",
+                              "set overlong_buffer to at most max_new_tokens")
+        if self.reward_transform:
+            from alignscope.rewards.transforms import RewardTransform
+
+            transform = RewardTransform(self.reward_transform)
+            if any(name == "log_sigmoid_centring" and arg is None for name, arg in transform.steps):
+                raise ConfigError("log_sigmoid_centring in reward_transform needs its reference reward",
+                                  "write {log_sigmoid_centring: 0.5} (the r_ref every reward is centred on)")

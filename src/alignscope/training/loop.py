@@ -1,8 +1,9 @@
-"""The training loop shared by every offline objective (SFT, RM, DPO family, KTO, ranking).
+"""The training loop shared by every offline method (SFT, RM, DPO family, KTO, ranking).
 
-Read it top to bottom: load data and model, tokenize once, precompute reference log-probs
-(cached on disk), then a plain loop of micro-batches -> objective -> backward -> clip -> step,
-with evaluation, the displacement monitor, metrics, NaN guards and atomic checkpoints.
+Read it top to bottom: load data and model, let the method (`training.methods`) tokenize its
+items once, precompute the reference log-probs it needs (cached on disk), then a plain loop of
+micro-batches -> method loss -> backward -> clip -> step, with evaluation, the displacement
+monitor, metrics, NaN guards and atomic checkpoints. Nothing here depends on which method runs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -27,23 +28,18 @@ from alignscope import run_files as rf
 from alignscope.atomic import atomic_path, write_text
 from alignscope.errors import ConfigError, TrainingError
 from alignscope.models.scoring import (
-    Scorer,
     check_context,
     pad_token_id,
     score_sequences,
 )
 from alignscope.training import checkpoint as ckpt
 from alignscope.training.config import TrainConfig
-from alignscope.training.items import Item, to_items
+from alignscope.training.items import Item
+from alignscope.training.methods import Context, method_for
+from alignscope.training.methods.base import Seq
 from alignscope.training.metrics import MetricsLogger
 from alignscope.training.monitor import evaluate, log_eval_point
-from alignscope.training.objectives import (
-    OBJECTIVES,
-    Context,
-    curry_items,
-    kto_reference_sequences,
-    needs_reference,
-)
+from alignscope.training.run_dir import owns_output_dir
 
 
 def seed_everything(seed: int) -> None:
@@ -86,12 +82,6 @@ def _texts(examples) -> list[str]:
     return out
 
 
-def reference_sequences(method: str, items: list[Item]) -> list[tuple[list[int], list[int]]]:
-    if method == "kto":
-        return kto_reference_sequences(items)
-    return [(it.prompt_ids, r) for it in items for r in it.responses]
-
-
 def _fingerprint(model: torch.nn.Module, seqs: list[tuple[list[int], list[int]]], extra: str) -> str:
     h = hashlib.sha256(extra.encode())
     with torch.no_grad():
@@ -103,15 +93,14 @@ def _fingerprint(model: torch.nn.Module, seqs: list[tuple[list[int], list[int]]]
     return h.hexdigest()[:24]
 
 
-def compute_reference_logps(cfg: TrainConfig, ref_model, items: list[Item], pad_id: int, cache_dir: Path, log) -> dict[int, list[float]]:
-    """Reference log-probs for every response of every item, computed once and cached on disk."""
-    from safetensors.torch import load_file, save_file
-
-    seqs = reference_sequences(cfg.method, items)
+def compute_reference_logps(cfg: TrainConfig, ref_model, per_item: list[list[Seq]], pad_id: int, cache_dir: Path,
+                            log) -> dict[int, list[float]]:
+    """Reference log-probs of each item's sequences (item index -> one per sequence), computed once and cached on disk."""
+    seqs = [s for item_seqs in per_item for s in item_seqs]
     key = _fingerprint(ref_model, seqs, f"{cfg.model}|{cfg.ref_model}|{cfg.max_length}|{cfg.max_prompt_length}")
     path = cache_dir / f"ref_logps-{key}.safetensors"
-    if path.exists():
-        flat = load_file(str(path))["logps"]
+    flat = ckpt.load_logps_cache(path, len(seqs), log)
+    if flat is not None:
         log(f"reference log-probs: loaded {len(flat)} from cache {path}")
     else:
         flat = score_sequences(
@@ -122,10 +111,9 @@ def compute_reference_logps(cfg: TrainConfig, ref_model, items: list[Item], pad_
         with atomic_path(path) as tmp:
             save_file({"logps": flat.contiguous()}, str(tmp))
     out, pos = {}, 0
-    for i, it in enumerate(items):
-        k = 2 if cfg.method == "kto" else len(it.responses)
-        out[i] = flat[pos : pos + k].tolist()
-        pos += k
+    for i, item_seqs in enumerate(per_item):
+        out[i] = flat[pos : pos + len(item_seqs)].tolist()
+        pos += len(item_seqs)
     return out
 
 
@@ -183,6 +171,7 @@ def add_lora(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
     return get_peft_model(model, lora)
 
 
+@owns_output_dir
 def train(
     cfg: TrainConfig, *, resume: bool = False, train_examples=None, eval_examples=None, model=None, tokenizer=None, log=print
 ) -> Path:
@@ -215,17 +204,14 @@ def train(
         eval_examples = [examples[i] for i in order[:n_eval]]
         examples = [examples[i] for i in order[n_eval:]]
 
-    # --- model
+    # --- model and the method's items
+    method = method_for(cfg)
     if model is None:
         model, tokenizer = build_policy(cfg, _texts(examples))
     pad_id = pad_token_id(tokenizer)
-    items, stats = to_items(cfg.method, examples, tokenizer, cfg.max_length, cfg.max_prompt_length)
+    items, stats = method.items(examples, tokenizer)
     say(f"tokenized: {stats.summary()}")
-    if cfg.method == "rank" and cfg.rank_objective == "curry":
-        items = curry_items(items)
-    eval_items: list[Item] = []
-    if eval_examples and cfg.method in ("dpo", "rank", "rm"):
-        eval_items = [it for it in to_items(cfg.method, eval_examples, tokenizer, cfg.max_length, cfg.max_prompt_length)[0] if len(it.responses) >= 2]
+    eval_items: list[Item] = method.eval_items(eval_examples, tokenizer) if eval_examples else []
     if cfg.gradient_checkpointing:
         from alignscope.models.loading import set_activation_checkpointing
 
@@ -246,29 +232,20 @@ def train(
 
     # --- reference log-probs (before any update: the initial policy is the default reference)
     ref_logps = eval_ref = None
-    if needs_reference(cfg):
+    if method.needs_reference:
         ref_model = model
         if cfg.ref_model:
             from alignscope.models.loading import load_model
 
             ref_model = load_model(cfg.ref_model, trust_remote_code=cfg.trust_remote_code)
         cache = Path(cfg.ref_cache_dir or out_dir / "ref_cache")
-        ref_logps = compute_reference_logps(cfg, ref_model, items, pad_id, cache, say)
-        if eval_items:
-            eval_ref = compute_reference_logps(
-                replace(cfg, method="dpo"), ref_model,
-                [Item(it.prompt_ids, it.responses[:2]) for it in eval_items], pad_id, cache, say,
-            )
+        ref_logps = compute_reference_logps(cfg, ref_model, method.reference_sequences(items), pad_id, cache, say)
+        if eval_items:  # the monitor's implicit reward: chosen and rejected of each held-out pair
+            pairs = [[(it.prompt_ids, r) for r in it.responses[:2]] for it in eval_items]
+            eval_ref = compute_reference_logps(cfg, ref_model, pairs, pad_id, cache, say)
         del ref_model
 
-    if cfg.method == "rm":
-        from alignscope.models.reward_model import RewardModel
-
-        trained: torch.nn.Module = RewardModel(model, cfg.rm_heads, cfg.rm_aggregate)
-        torch.manual_seed(cfg.seed)
-        trained.head.reset_parameters()
-    else:
-        trained = Scorer(model)
+    trained = method.wrap(model)
 
     # --- optimisation
     steps_per_epoch = len(items) // global_batch
@@ -282,7 +259,6 @@ def train(
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps)
     trained, optimizer = accelerator.prepare(trained, optimizer)
     ctx = Context(trained, cfg, pad_id, ref_logps)
-    objective = OBJECTIVES[cfg.method]
 
     # --- resume
     start_step, skipped = 0, 0
@@ -319,8 +295,7 @@ def train(
             metrics_log.eval_point(0, eval_start, eval_start)
 
     # --- the loop
-    shuffle = not (cfg.method == "rank" and cfg.rank_objective == "curry")
-    # curry keeps its easy-to-hard order, so it is never regrouped
+    shuffle = method.shuffle  # a curriculum keeps its order, so it is never regrouped either
     lengths = tuple(len(it.prompt_ids) + sum(map(len, it.responses)) for it in items) if cfg.group_by_length and shuffle else None
     rank = accelerator.process_index
     bar = tqdm(total=total_steps, initial=start_step, desc=f"train {cfg.method}", disable=not (cfg.progress and is_main), unit="step")
@@ -335,7 +310,7 @@ def train(
             idx = idx_global[lo : lo + cfg.batch_size]
             sync = contextlib.nullcontext() if m == cfg.grad_accum - 1 else accelerator.no_sync(trained)
             with sync, accelerator.autocast():
-                loss, metrics = objective(ctx, [items[i] for i in idx], idx)
+                loss, metrics = method.loss(ctx, [items[i] for i in idx], idx)
                 if not torch.isfinite(loss):
                     if cfg.nan_policy == "stop":
                         raise TrainingError(
@@ -392,8 +367,7 @@ def train(
             lm = final.lm
             lm.save_pretrained(out_dir / "final" / "adapter")
             final.lm = lm.merge_and_unload()
-        target = final if cfg.method == "rm" else final.lm
-        target.save_pretrained(out_dir / "final")
+        method.save(final, out_dir / "final")
         tokenizer.save_pretrained(out_dir / "final")
         metrics_log.close()
         say(f"done: {total_steps} steps in {time.time() - t0:.1f}s; metrics in {out_dir / 'metrics.jsonl'}, model in {out_dir / 'final'}")

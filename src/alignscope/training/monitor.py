@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from alignscope.diagnostics.accuracy import pair_wins
 from alignscope.diagnostics.displacement import mass_gainers
 from alignscope.models.scoring import body_and_head, score_sequences
 from alignscope.training.items import Item
@@ -15,17 +16,16 @@ from alignscope.training.metrics import MetricsLogger
 
 
 def evaluate(model, eval_items: list[Item], ref: dict[int, list[float]] | None, pad_id: int, beta: float, batch_size: int) -> dict[str, Any]:
-    """Per-pair chosen/rejected log-probs on held-out pairs, ranking and implicit-reward accuracy."""
+    """Per-pair chosen/rejected log-probs on held-out pairs, ranking and implicit-reward accuracy (ties count ½)."""
     out = score_sequences(
         model, [it.prompt_ids for it in eval_items for _ in it.responses[:2]],
         [r for it in eval_items for r in it.responses[:2]], pad_id=pad_id, batch_size=batch_size,
     )
     lp = out.logps.view(-1, 2)
-    res = {"chosen": lp[:, 0].tolist(), "rejected": lp[:, 1].tolist(), "ranking_accuracy": float((lp[:, 0] > lp[:, 1]).float().mean())}
+    res = {"chosen": lp[:, 0].tolist(), "rejected": lp[:, 1].tolist(), "ranking_accuracy": float(pair_wins(lp[:, 0], lp[:, 1]).mean())}
     if ref is not None:
         r = torch.tensor([ref[i][:2] for i in range(len(eval_items))])
-        margin = beta * ((lp[:, 0] - r[:, 0]) - (lp[:, 1] - r[:, 1]))
-        res["implicit_reward_accuracy"] = float(((margin > 0).float() + 0.5 * (margin == 0).float()).mean())
+        res["implicit_reward_accuracy"] = float(pair_wins(beta * (lp[:, 0] - r[:, 0]), beta * (lp[:, 1] - r[:, 1])).mean())
     short = [it for it in eval_items if len(it.responses[0]) <= SHORT_RESPONSE_TOKENS]
     if short:
         res["first_token_probs"] = first_token_probs(model, short, pad_id, batch_size)

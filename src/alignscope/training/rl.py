@@ -1,9 +1,12 @@
-"""On-policy RL from a reward source: REINFORCE, RLOO, GRPO, Dr. GRPO and PPO, with KL control.
+"""On-policy RL from reward sources: REINFORCE, RLOO, GRPO, Dr. GRPO and PPO, with KL control.
 
-One loop, read top to bottom: sample n responses per prompt -> rewards -> per-prompt reward
-variance (the flat-objective pitfall) -> optional dynamic sampling that drops low-variance
-groups -> advantages -> policy-gradient loss with the KL term -> step. Metrics each step
-include proxy and gold reward, KL, entropy, lengths and reward-variance statistics.
+One loop, read top to bottom: sample n responses per prompt -> the weighted sum of the rewards
+(each logged) -> per-prompt reward variance (the flat-objective pitfall) -> optional dynamic
+sampling that drops low-variance groups -> reward transform and overlong penalty -> advantages
+(the algorithm) -> num_iterations passes of steps_per_generation mini-batches, each the clipped
+surrogate with the KL term aggregated by `loss_type` (TRL's names) -> step. Metrics each step
+include every reward, gold reward, KL, entropy, lengths and reward-variance statistics, and the
+reward-hacking alarms read them.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ import copy
 import json
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -21,29 +26,23 @@ from tqdm.auto import tqdm
 from alignscope import run_files as rf
 from alignscope.atomic import write_text
 from alignscope.diagnostics.overoptimization import fit_rl, gold_peak, sqrt_kl
+from alignscope.diagnostics.reward_hacking import HackingMonitor
 from alignscope.diagnostics.variance import per_prompt_variance
 from alignscope.diagnostics.warnings import (
     detect_flat_objective,
     detect_overoptimization,
 )
-from alignscope.errors import DataError, TrainingError
+from alignscope.errors import ConfigError, DataError, TrainingError
 from alignscope.losses import policy_gradient as pg
-from alignscope.models.scoring import Scorer, pad_token_id, score_batch
+from alignscope.models.scoring import Scorer, body_and_head, pad_token_id, score_batch
 from alignscope.rewards.sources import load_reward_source
+from alignscope.rewards.transforms import RewardTransform, overlong_penalty
+from alignscope.rewards.weighted import RewardTerm, WeightedRewards
 from alignscope.rollout.generation import GenerationConfig, generate
 from alignscope.training import checkpoint as ckpt
-from alignscope.training.config import ALGORITHMS, RLConfig  # noqa: F401 (re-exported: alignscope.training.rl.RLConfig)
+from alignscope.training.config import ALGORITHMS, RewardSpec, RLConfig  # noqa: F401 (re-exported: alignscope.training.rl.RLConfig)
 from alignscope.training.metrics import MetricsLogger
-
-
-def _pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    t = max(len(r) for r in rows)
-    out = torch.zeros(len(rows), t)
-    mask = torch.zeros(len(rows), t, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r
-        mask[i, : len(r)] = True
-    return out, mask
+from alignscope.training.run_dir import owns_output_dir
 
 
 def group_variance(rewards: torch.Tensor) -> torch.Tensor:
@@ -59,28 +58,24 @@ def compute_advantages(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Advantages of one rollout batch: [B] per sequence for the group methods, [B, T] by GAE for PPO.
 
-    `scores` is [P, n]; with kl_mode=reward the k1 penalty is subtracted from the reward (per token
-    for PPO, summed per sequence otherwise). PPO advantages are whitened over valid tokens; PPO
-    also returns the value targets.
+    `scores` is [P, n]; with kl_mode=reward the per-token KL estimate `kl_tok` is charged in the
+    reward (`kl_penalised_rewards` per token for PPO, `kl_penalised_scores` per sequence otherwise).
+    PPO advantages are whitened over valid tokens; PPO also returns the value targets.
     """
     flat = scores.reshape(-1)
-    penalise = cfg.kl_mode == "reward"
+    coef = kl_coef if cfg.kl_mode == "reward" else 0.0
     if cfg.algorithm == "ppo":
-        token_rewards = -kl_coef * kl_tok if penalise else torch.zeros_like(kl_tok)
-        last = mask.sum(-1) - 1
-        token_rewards[torch.arange(len(last)), last] += flat
+        token_rewards = pg.kl_penalised_rewards(flat, kl_tok, mask, coef)
         adv, returns = pg.gae(token_rewards, values, mask, gamma=1.0, lam=cfg.gae_lambda)
         valid = adv[mask]
         if valid.numel() > 1:
             adv = (adv - valid.mean()) / (valid.std() + 1e-8) * mask
         return adv, returns
-    if penalise:
-        flat = flat - kl_coef * kl_tok.sum(-1)
-    grouped = flat.view(-1, cfg.samples_per_prompt)
+    grouped = pg.kl_penalised_scores(flat, kl_tok, mask, coef).view(-1, cfg.samples_per_prompt)
     if cfg.algorithm == "rloo":
         return pg.rloo_advantages(grouped).reshape(-1), None
     if cfg.algorithm == "grpo":
-        return pg.grpo_advantages(grouped).reshape(-1), None
+        return pg.grpo_advantages(grouped, scale=cfg.scale_rewards or "group").reshape(-1), None
     if cfg.algorithm == "dr_grpo":
         return pg.dr_grpo_advantages(grouped).reshape(-1), None
     return pg.reinforce_advantages(grouped, baseline="mean").reshape(-1), None
@@ -112,37 +107,115 @@ def overoptimization_summary(out_dir: Path, logger: MetricsLogger) -> dict | Non
     return summary
 
 
+RewardArg = Callable[[list, list[str]], Any] | Mapping[str, Callable[[list, list[str]], Any]]
+
+
+def build_rewards(cfg: RLConfig, reward: RewardArg | None = None) -> WeightedRewards:
+    """The run's reward terms: the in-memory `reward` (a callable, or {name: callable}, weight 1 each),
+    else the config's `rewards` list, else its single `reward`."""
+    if reward is not None:
+        if callable(reward):
+            terms = [RewardTerm(getattr(reward, "__name__", "reward").strip("<>") or "reward", load_reward_source(reward))]
+        else:
+            terms = [RewardTerm(name, load_reward_source(fn)) for name, fn in reward.items()]
+    elif cfg.rewards:
+        terms = [RewardTerm(spec.label, load_reward_source(spec.fn or spec.rm), spec.weight) for spec in cfg.rewards]
+    elif cfg.reward:
+        terms = [RewardTerm(RewardSpec(fn=cfg.reward).label, load_reward_source(cfg.reward))]
+    else:
+        raise ConfigError("no reward given", "set reward: module:function, a reward-model folder or lab:gold (or a rewards: list)")
+    return WeightedRewards(terms, timeout=cfg.reward_timeout)
+
+
+def _load_policy(cfg: RLConfig, prompts: list):
+    from alignscope.data.records import prompt_text
+
+    if cfg.model == "tiny":
+        from alignscope.models.tiny import tiny_llama, train_bpe_tokenizer
+
+        tok = train_bpe_tokenizer([prompt_text(p) for p in prompts[:5000]], vocab_size=512)
+        return tiny_llama(tok, hidden_size=64, num_layers=2, num_heads=4, seed=cfg.seed), tok
+    from alignscope.models.loading import load_model_and_tokenizer
+
+    return load_model_and_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)
+
+
+def fit_reward_transform(cfg: RLConfig, transform: RewardTransform, reference, tokenizer, prompts: list, rewards: WeightedRewards,
+                         log=print) -> RewardTransform:
+    """Fix the transform's statistics once, on the initial policy's rewards for `reward_transform_samples`
+    prompts (seeded, so a resumed run refits the same numbers), so a response's transformed reward
+    never depends on the batch it lands in."""
+    if not any(name == "standardize" for name, _ in transform.steps):
+        return transform
+    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(cfg.seed + 1)).tolist()
+    chosen = [prompts[i] for i in order[: cfg.reward_transform_samples]]
+    ro = generate(reference, tokenizer, chosen, GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                                                  top_p=cfg.top_p, n=cfg.samples_per_prompt, seed=cfg.seed + 2))
+    total = rewards([chosen[j] for j in ro.prompt_index], ro.texts)
+    transform.fit(total)
+    stats = [(arg.mean, arg.std) for name, arg in transform.steps if name == "standardize"]
+    log(f"reward transform fitted on {len(total)} rewards of the initial policy: (mean, std) = {stats}")
+    return transform
+
+
+def _logged(out_dir: Path) -> tuple[list[dict], list[str]]:
+    """The metric rows and pitfall names a resumed run already logged (files truncated to its checkpoint)."""
+    rows = rf.read_jsonl(out_dir / rf.METRICS) if (out_dir / rf.METRICS).exists() else []
+    fired = [p["name"] for p in rf.read_jsonl(out_dir / rf.PITFALLS)] if (out_dir / rf.PITFALLS).exists() else []
+    return rows, fired
+
+
+def _pad_to(rows: list[torch.Tensor], width: int) -> torch.Tensor:
+    out = rows[0].new_zeros(len(rows), width)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+@owns_output_dir
 def train_rl(
     cfg: RLConfig, *, resume: bool = False, model=None, tokenizer=None, prompts: list | None = None,
-    reward_fn=None, gold_fn=None, log=print,
+    reward: RewardArg | None = None, gold: Callable | None = None, log=print,
 ) -> Path:
-    """Run RL; in-memory `model`/`tokenizer`, `prompts` and reward callables replace the config's specs."""
+    """Run RL. In-memory `model`/`tokenizer`, `prompts`, `reward` (a callable or {name: callable}) and
+    `gold` replace the config's specs, which may then be left empty.
+
+    Flat groups (every sample of a prompt got the same reward) have advantage 0 but keep their KL
+    term when dynamic sampling is off: the KL regularises the policy on every prompt it is sampled
+    on, and a flat prompt is where the reward cannot notice the drift that other prompts' updates
+    cause (docs/rl.md).
+    """
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.output_dir)
 
     # --- data, policy, reference, rewards (each can fail on bad input: before the run folder is written)
-    from alignscope.data.loader import load_data
-
     if prompts is None:
+        if not cfg.prompts:
+            raise ConfigError("no prompts given", "set prompts: path/to/prompts.jsonl")
+        from alignscope.data.loader import load_data
+
         prompts = [ex.prompt for ex in load_data(cfg.prompts, format=cfg.format, mapping=cfg.map or None,
                                                    as_chat=cfg.as_chat).examples]
+    if not prompts:
+        raise DataError("there are no prompts to train on", "give a prompt file with at least one prompt")
+    rewards = build_rewards(cfg, reward)
+    if gold is None and cfg.gold:
+        gold = load_reward_source(cfg.gold)
     if model is None:
-        from alignscope.training.config import TrainConfig
-        from alignscope.training.loop import build_policy
-
-        model, tokenizer = build_policy(TrainConfig(model=cfg.model, data=cfg.prompts, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code), [])
+        model, tokenizer = _load_policy(cfg, prompts)
     reference = copy.deepcopy(model).eval().requires_grad_(False)
-    reward_fn = reward_fn or load_reward_source(cfg.reward)
-    if gold_fn is None and cfg.gold:
-        gold_fn = load_reward_source(cfg.gold)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / rf.CONFIG, json.dumps(asdict(cfg), indent=1, default=str))
+    transform = fit_reward_transform(cfg, RewardTransform(cfg.reward_transform), reference, tokenizer, prompts, rewards, log) \
+        if cfg.reward_transform else None
     pad_id = pad_token_id(tokenizer)
     scorer = Scorer(model)
+    head = body_and_head(model)[1]
+    ppo = cfg.algorithm == "ppo"
     value_head = None
     params = list(model.parameters())
     optimizer = torch.optim.AdamW([{"params": params, "lr": cfg.lr}], lr=cfg.lr)
-    if cfg.algorithm == "ppo":
+    if ppo:
         value_head = torch.nn.Linear(model.config.hidden_size, 1)
         torch.nn.init.zeros_(value_head.weight)
         torch.nn.init.zeros_(value_head.bias)
@@ -154,6 +227,7 @@ def train_rl(
         else pg.FixedKLController(cfg.kl_coef)
     )
     trainable = torch.nn.ModuleDict({"policy": model, **({"value": value_head} if value_head is not None else {})})
+    loss_type, kl_est = cfg.resolved_loss_type, cfg.resolved_kl_estimator
 
     start = 0
     if resume:
@@ -167,8 +241,19 @@ def train_rl(
             start = state["step"]
             kl_ctl.value = state.get("kl_coef", kl_ctl.value)
             log(f"resumed from step {start} of {cfg.steps}")
-    logger = MetricsLogger(out_dir, truncate_after=start if resume else 0, log=log)
+    logger = MetricsLogger(out_dir, truncate_after=start if resume else 0, report_to=cfg.report_to, log=log)
+    alarms = HackingMonitor(*_logged(out_dir)) if resume and start else HackingMonitor()
     gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, n=cfg.samples_per_prompt, do_sample=True)
+
+    def forward(idx: list[int], width: int, need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Token log-probs [b, width], PPO values and token entropies of the sequences `idx`."""
+        with torch.set_grad_enabled(need_grad):
+            out = score_batch(scorer, [p_ids[i] for i in idx], [r_ids[i] for i in idx], pad_id=pad_id, return_token_logps=True,
+                              return_token_hidden=ppo or cfg.entropy_coef > 0, padding_free=cfg.padding_free)
+            tok = _pad_to(out.token_logps, width)
+            values = _pad_to([value_head(h).squeeze(-1) for h in out.token_hidden], width) if ppo else None
+            entropy = _pad_to([pg.token_entropy(head(h)) for h in out.token_hidden], width) if cfg.entropy_coef > 0 else None
+        return tok, values, entropy
 
     bar = tqdm(total=cfg.steps, initial=start, desc=f"rl {cfg.algorithm}", disable=not cfg.progress, unit="step")
     t0 = time.time()
@@ -177,8 +262,9 @@ def train_rl(
         # --- rollouts (dynamic sampling drops flat groups and refills from later prompts)
         g = torch.Generator().manual_seed(cfg.seed * 7919 + step)
         order = torch.randperm(len(prompts), generator=g).tolist()
-        kept_p, kept_r, kept_rew, cursor, n_groups, n_flat = [], [], [], 0, 0, 0
+        kept_p, kept_r, kept_rew, kept_parts, cursor, n_groups, n_flat = [], [], [], [], 0, 0, 0
         rounds = 0
+        n = cfg.samples_per_prompt
         while len(kept_p) < cfg.prompts_per_step and cursor < len(order) and rounds <= cfg.max_refill_rounds:
             need = cfg.prompts_per_step - len(kept_p)
             batch_prompts = [prompts[i] for i in order[cursor : cursor + need]]
@@ -186,71 +272,89 @@ def train_rl(
             rounds += 1
             model.eval()
             ro = generate(model, tokenizer, batch_prompts, gen_cfg)
-            rewards = torch.as_tensor(reward_fn([batch_prompts[j] for j in ro.prompt_index], ro.texts), dtype=torch.float32)
-            rewards = rewards.view(len(batch_prompts), cfg.samples_per_prompt)
-            var = group_variance(rewards)
+            total, parts = rewards.scores([batch_prompts[j] for j in ro.prompt_index], ro.texts, step=step + 1)
+            total = total.view(len(batch_prompts), n)
+            var = group_variance(total)
+            finished = ro.finished
             for j, p in enumerate(batch_prompts):
                 n_groups += 1
                 flat = bool(var[j] <= cfg.variance_threshold)
                 n_flat += flat
                 if flat and cfg.dynamic_sampling:
                     continue
-                sl = slice(j * cfg.samples_per_prompt, (j + 1) * cfg.samples_per_prompt)
+                sl = slice(j * n, (j + 1) * n)
                 kept_p.append(p)
-                kept_r.append((ro.prompt_ids[sl], ro.response_ids[sl], ro.texts[sl]))
-                kept_rew.append(rewards[j])
+                kept_r.append((ro.prompt_ids[sl], ro.response_ids[sl], ro.texts[sl], finished[sl]))
+                kept_rew.append(total[j])
+                kept_parts.append({k: v[sl] for k, v in parts.items()})
             if not cfg.dynamic_sampling:
                 break
         if not kept_p:
             log(f"alignscope: warning: step {step + 1}: every sampled group had zero reward variance; skipping the update")
-            rewards_pn = torch.zeros(0, cfg.samples_per_prompt)
+            rewards_pn = torch.zeros(0, n)
         else:
             rewards_pn = torch.stack(kept_rew)
         p_ids = [pi for grp in kept_r for pi in grp[0]]
         r_ids = [ri for grp in kept_r for ri in grp[1]]
         texts = [t for grp in kept_r for t in grp[2]]
-        flat_prompts = [p for p in kept_p for _ in range(cfg.samples_per_prompt)]
+        truncated = torch.tensor([not f for grp in kept_r for f in grp[3]], dtype=torch.bool)
+        flat_prompts = [p for p in kept_p for _ in range(n)]
 
         row: dict = {"step": step + 1, "groups_sampled": n_groups, "zero_variance_fraction": n_flat / max(n_groups, 1)}
         if len(kept_p):
-            scores = rewards_pn.clone()
-            if cfg.reward_standardize:
-                scores = (scores - scores.mean()) / (scores.std() + 1e-8)
+            # --- scores: the weighted reward sum, transformed with fixed statistics, plus DAPO's overlong penalty
+            scores = transform(rewards_pn) if transform is not None else rewards_pn.clone()
+            lengths = torch.tensor([len(r) for r in r_ids], dtype=torch.float32)
+            if cfg.overlong_buffer is not None:
+                penalty = overlong_penalty(lengths, cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty)
+                scores = scores + penalty.view_as(scores)
+                row["reward/overlong_penalty_mean"] = float(penalty.mean())
+            width = max(len(r) for r in r_ids)
+            all_idx = list(range(len(p_ids)))
             with torch.no_grad():
-                ref_out = score_batch(reference, p_ids, r_ids, pad_id=pad_id, return_token_logps=True,
-                                      padding_free=cfg.padding_free)
-            ref_tok, mask = _pad(ref_out.token_logps)
+                ref_out = score_batch(reference, p_ids, r_ids, pad_id=pad_id, return_token_logps=True, padding_free=cfg.padding_free)
+            ref_tok = _pad_to(ref_out.token_logps, width)
+            mask = _pad_to([torch.ones(len(r)) for r in r_ids], width).bool()
+            loss_mask = mask & ~truncated.unsqueeze(-1) if cfg.mask_truncated_completions else mask
             model.train()
-            old_tok = old_values = adv = returns = None
-            for epoch in range(cfg.ppo_epochs if cfg.algorithm == "ppo" else 1):
-                out = score_batch(scorer, p_ids, r_ids, pad_id=pad_id, return_token_logps=True, return_token_hidden=cfg.algorithm == "ppo",
-                                  padding_free=cfg.padding_free)
-                tok = torch.nn.utils.rnn.pad_sequence(out.token_logps, batch_first=True)
-                values = None
-                if cfg.algorithm == "ppo":
-                    values = torch.nn.utils.rnn.pad_sequence([value_head(h).squeeze(-1) for h in out.token_hidden], batch_first=True)
-                if epoch == 0:
-                    # What every PPO epoch compares against is fixed by the rollout policy, before any update.
-                    old_tok = tok.detach()
-                    kl_tok = (old_tok - ref_tok) * mask
-                    seq_kl = kl_tok.sum(-1)
-                    kl_coef = kl_ctl.value
-                    old_values = values.detach() if values is not None else None
-                    adv, returns = compute_advantages(cfg, scores, mask, kl_tok, kl_coef, old_values)
-                loss = pg.policy_gradient_loss(
-                    tok, adv, mask, old_token_logps=old_tok, clip_eps=cfg.clip_eps,
-                    loss_agg="dr_grpo" if cfg.algorithm == "dr_grpo" else "token_mean", max_len=cfg.max_new_tokens,
-                    kl_coef=kl_coef if cfg.kl_mode == "loss" else 0.0, ref_token_logps=ref_tok,
-                )
-                if values is not None:
-                    loss = loss + cfg.vf_coef * pg.value_loss(values, old_values, returns, mask, clip=cfg.clip_eps)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"RL loss is {loss.item()} at step {step + 1}", "lower lr or kl_coef; the last good checkpoint is kept")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(trainable.parameters(), cfg.max_grad_norm)
-                optimizer.step()
+            # --- the rollout policy's log-probs (and values): what every update's ratio and clip compare against.
+            # One pass over one mini-batch needs no extra forward: the ratio is 1 and old = detached current.
+            single = cfg.num_iterations == 1 and cfg.steps_per_generation == 1
+            first = forward(all_idx, width, need_grad=True) if single else None
+            tok0, values0, _ = first if single else forward(all_idx, width, need_grad=False)
+            old_tok = tok0.detach()
+            old_values = values0.detach() if values0 is not None else None
+            kl_coef = kl_ctl.value
+            seq_kl = (pg.kl_k1(old_tok, ref_tok) * mask).sum(-1)
+            adv, returns = compute_advantages(cfg, scores, mask, pg.kl_estimate(old_tok, ref_tok, kl_est) * mask, kl_coef, old_values)
+            size = math.ceil(len(p_ids) / cfg.steps_per_generation)
+            minibatches = [all_idx[i : i + size] for i in range(0, len(p_ids), size)]
+            num_items = float(loss_mask.sum()) / len(minibatches)  # dapo: the rollout's tokens per optimizer step
+            for _ in range(cfg.num_iterations):
+                for idx in minibatches:
+                    tok, values, entropy = first if single else forward(idx, width, need_grad=True)
+                    loss = pg.policy_gradient_loss(
+                        tok, adv[idx], loss_mask[idx], old_token_logps=old_tok[idx], epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
+                        loss_type=loss_type, max_len=cfg.max_new_tokens, num_items=num_items,
+                        importance_sampling_level=cfg.importance_sampling_level,
+                        kl_coef=kl_coef if cfg.kl_mode == "loss" else 0.0, ref_token_logps=ref_tok[idx], kl_estimator=kl_est,
+                        use_bias_correction_kl=cfg.use_bias_correction_kl,
+                        entropy=entropy, entropy_coef=cfg.entropy_coef,
+                    )
+                    with torch.no_grad():
+                        ratio = pg.importance_ratio(tok.detach(), old_tok[idx], loss_mask[idx], cfg.importance_sampling_level)
+                        high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
+                        clipped = ((ratio < 1 - cfg.epsilon) | (ratio > 1 + high)).expand_as(tok) & loss_mask[idx]
+                        clip_fraction = float(clipped.sum()) / max(float(loss_mask[idx].sum()), 1.0)
+                    if values is not None:
+                        loss = loss + cfg.vf_coef * pg.value_loss(values, old_values[idx], returns[idx], mask[idx], clip=cfg.cliprange_value)
+                    if not torch.isfinite(loss):
+                        raise TrainingError(f"RL loss is {loss.item()} at step {step + 1}", "lower lr or kl_coef; the last good checkpoint is kept")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.max_grad_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(trainable.parameters(), cfg.max_grad_norm)
+                    optimizer.step()
             scheduler.step()
             mean_kl = float(seq_kl.mean())
             kl_ctl.update(mean_kl, len(p_ids))
@@ -259,21 +363,26 @@ def train_rl(
                 "loss": float(loss.detach()),
                 "reward/proxy_mean": float(rewards_pn.mean()),
                 "reward/proxy_std": float(rewards_pn.std()) if rewards_pn.numel() > 1 else 0.0,
+                **{f"reward/{k}_mean": float(torch.cat([pp[k] for pp in kept_parts]).mean()) for k in rewards.names if len(rewards.names) > 1},
                 "kl": mean_kl,
                 "kl_coef": kl_coef,
+                "clip_fraction": clip_fraction,
                 "entropy": float(-(old_tok * mask).sum() / mask.sum()),
-                "response_length": float(mask.sum(-1).float().mean()),
+                "response_length": float(lengths.mean()),
+                "truncated_fraction": float(truncated.float().mean()),
                 "reward_variance/mean": float(var.mean()),
                 "reward_variance/low_fraction": float((var <= cfg.variance_threshold).float().mean()),
             })
-            if gold_fn is not None:
-                row["reward/gold_mean"] = float(torch.as_tensor(gold_fn(flat_prompts, texts), dtype=torch.float32).mean())
+            if gold is not None:
+                row["reward/gold_mean"] = float(torch.as_tensor(gold(flat_prompts, texts), dtype=torch.float32).mean())
         logger.log(row)
         if "reward/proxy_mean" in row:
             logger.append_jsonl(rf.RL_METRICS, {"step": step + 1, "proxy_reward": row["reward/proxy_mean"],
                                                      "gold_reward": row.get("reward/gold_mean"), "kl": row["kl"]})
+            for pitfall in alarms.update(row):
+                logger.pitfall(step + 1, pitfall)
         logger.append_jsonl(rf.REWARD_VARIANCE_STEPS, {"step": step + 1, "variances": var.tolist() if len(kept_p) else []})
-        if len(kept_p) and not warned_flat and cfg.samples_per_prompt > 1:
+        if len(kept_p) and not warned_flat and n > 1:
             # The paper's estimator: per-prompt variance of rewards standardised over all of the step's samples.
             for pitfall in detect_flat_objective(var / (rewards_pn.var() + 1e-12)):
                 warned_flat = True
@@ -289,6 +398,5 @@ def train_rl(
     model.save_pretrained(out_dir / "final")
     tokenizer.save_pretrained(out_dir / "final")
     logger.close()
-    log(f"done: {cfg.steps} RL steps in {time.time() - t0:.1f}s; metrics in {out_dir / 'metrics.jsonl'}")
+    log(f"done: {cfg.steps} RL steps in {time.time() - t0:.1f}s; metrics in {out_dir / rf.METRICS}")
     return out_dir
-

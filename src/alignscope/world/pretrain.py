@@ -29,6 +29,7 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from alignscope.data.records import Prompt
 from alignscope.errors import ConfigError
+from alignscope.models.tiny import tiny_llama, train_bpe_tokenizer
 from alignscope.world.generate import corpus, prompt_data
 from alignscope.world.gold import gold_rewards
 from alignscope.world.language import (
@@ -190,8 +191,6 @@ def pretrain(
     cfg: PretrainConfig, progress: bool = True, threads: int = 1
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast, dict]:
     """Train tokenizer and model from scratch; returns them with a record of the run."""
-    from alignscope.models.tiny import tiny_llama, train_bpe_tokenizer
-
     start = time.perf_counter()
     world = World(cfg.world_seed)
     texts = corpus(world, cfg.corpus_size, seed=cfg.seed)

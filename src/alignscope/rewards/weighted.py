@@ -1,0 +1,143 @@
+"""A weighted sum of named reward sources, each guarded: a time limit on user code, and errors that
+name the reward and the prompt it failed on.
+
+RL logs each term separately as well as the sum (TRL's `reward_funcs` + `reward_weights`), so a
+reward that a policy learns to exploit shows in its own curve.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from alignscope.data.records import Prompt, prompt_text
+from alignscope.errors import TrainingError
+
+
+@dataclass
+class RewardTerm:
+    """One named reward source and its weight in the sum."""
+
+    name: str
+    source: Callable[[list[Prompt], list[str]], Any]
+    weight: float = 1.0
+
+
+def _short(prompt: Prompt, width: int = 80) -> str:
+    text = prompt_text(prompt).replace("\n", " ")
+    return repr(text if len(text) <= width else text[: width - 3] + "...")
+
+
+def call_with_timeout(fn: Callable[[], Any], timeout: float | None) -> tuple[bool, Any]:
+    """Run `fn()`; (True, result) or (False, exception). A call still running after `timeout`
+    seconds raises TimeoutError; its daemon thread is abandoned (Python cannot stop it), so a hung
+    reward never holds the process open."""
+    if timeout is None:
+        try:
+            return True, fn()
+        except Exception as e:  # noqa: BLE001 (user code: any failure is reported with its context)
+            return False, e
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001
+            box["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True, name="alignscope-reward")
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError
+    if "error" in box:
+        if not isinstance(box["error"], Exception):
+            raise box["error"]
+        return False, box["error"]
+    return True, box.get("value")
+
+
+def _first_bad(values: Any) -> tuple[int, str] | None:
+    """Index and kind of the first entry that is not a finite number."""
+    items = values.detach().cpu().reshape(-1).tolist() if isinstance(values, torch.Tensor) else list(values)
+    for i, v in enumerate(items):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            try:
+                v = float(v)
+            except (TypeError, ValueError):
+                return i, f"a {type(v).__name__} ({v!r:.40})"
+        if not math.isfinite(v):
+            return i, str(v)
+    return None
+
+
+class WeightedRewards:
+    """Σ_k w_k·r_k over named terms; `scores` also returns each term's rewards for logging.
+
+    `timeout` (seconds) bounds each term's call. A term that raises, hangs, or returns the wrong
+    number of values, NaN/inf or a non-number stops the run with a `TrainingError` naming the term
+    and, where one response is to blame, its prompt; checkpoints already written stay on disk.
+    """
+
+    def __init__(self, terms: Sequence[RewardTerm], timeout: float | None = None):
+        if not terms:
+            raise TrainingError("no reward terms given", "give reward: ... or rewards: [{fn: module:function, weight: 1.0}]")
+        names = [t.name for t in terms]
+        if len(set(names)) != len(names):
+            raise TrainingError(f"reward names repeat: {names}", "give each reward a distinct name: {fn: ..., name: ...}")
+        self.terms, self.timeout = list(terms), timeout
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.terms]
+
+    def _call(self, term: RewardTerm, prompts: list[Prompt], responses: list[str], step: int | None) -> torch.Tensor:
+        where = f"reward '{term.name}'" + (f" at step {step}" if step is not None else "")
+        fix = "fix the reward function; the last checkpoint is kept (resume with --resume)"
+        try:
+            ok, out = call_with_timeout(lambda: term.source(list(prompts), list(responses)), self.timeout)
+        except TimeoutError:
+            raise TrainingError(f"{where} took longer than reward_timeout={self.timeout:g}s on {len(responses)} responses "
+                                f"(first prompt {_short(prompts[0])})", "make it faster or raise reward_timeout; the last checkpoint is kept") from None
+        if not ok:
+            culprit = self._find_culprit(term, prompts, responses)
+            at = f" on prompt {_short(prompts[culprit])}" if culprit is not None else f" on a batch of {len(responses)} (first prompt {_short(prompts[0])})"
+            raise TrainingError(f"{where} raised {type(out).__name__}: {out}{at}", fix) from out
+        if isinstance(out, (str, bytes)) or not hasattr(out, "__len__"):
+            raise TrainingError(f"{where} returned {type(out).__name__}, not a list of numbers, for {len(responses)} responses", fix)
+        if len(out) != len(responses):
+            raise TrainingError(f"{where} returned {len(out)} values for {len(responses)} responses (first prompt {_short(prompts[0])})",
+                                "return one float per (prompt, response); " + fix)
+        bad = _first_bad(out)
+        if bad is not None:
+            i, kind = bad
+            raise TrainingError(f"{where} returned {kind} for the response {responses[i]!r:.60} to prompt {_short(prompts[i])}",
+                                "return a finite float for every response; " + fix)
+        return torch.as_tensor(out.detach().cpu() if isinstance(out, torch.Tensor) else out, dtype=torch.float32).reshape(-1)
+
+    def _find_culprit(self, term: RewardTerm, prompts: list[Prompt], responses: list[str]) -> int | None:
+        """The first (prompt, response) on which the term raises when called alone (bounded by the timeout)."""
+        for i, (p, r) in enumerate(zip(prompts, responses)):
+            try:
+                ok, _ = call_with_timeout(lambda p=p, r=r: term.source([p], [r]), self.timeout)
+            except TimeoutError:
+                return i
+            if not ok:
+                return i
+        return None
+
+    def scores(self, prompts: list[Prompt], responses: list[str], step: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(weighted sum [N], {name: rewards [N]})."""
+        parts = {t.name: self._call(t, prompts, responses, step) for t in self.terms}
+        total = torch.zeros(len(responses))
+        for t in self.terms:
+            total = total + t.weight * parts[t.name]
+        return total, parts
+
+    def __call__(self, prompts: list[Prompt], responses: list[str]) -> torch.Tensor:
+        return self.scores(prompts, responses)[0]
