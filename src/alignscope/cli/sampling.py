@@ -8,6 +8,8 @@ import math
 from pathlib import Path
 
 from alignscope.cli.args import check_output, number
+from alignscope.models.device import add_device_arguments
+from alignscope.rollout.options import add_rollout_arguments
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -23,6 +25,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=number(float, gt=0), default=1.0, help="sampling temperature (> 0)")
     p.add_argument("--limit", type=number(int, ge=1), help="use only the first N prompts (>= 1)")
     p.add_argument("--seed", type=number(int, ge=0), default=0, help="random seed (>= 0)")
+    add_device_arguments(p)
+    add_rollout_arguments(p)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,10 +50,13 @@ def _sample(args, outputs: list[tuple[str, str]]):
     runs before a mistake a user can fix is found."""
     from alignscope.data.loader import load_data, parse_mapping
     from alignscope.errors import ConfigError
-    from alignscope.models.loading import load_model_and_tokenizer
+    from alignscope.models.device import placement_from_args
     from alignscope.rewards.sources import call_reward, load_reward_source
-    from alignscope.rollout.generation import GenerationConfig, generate
+    from alignscope.rollout.backend import generate_with
+    from alignscope.rollout.generation import GenerationConfig
+    from alignscope.rollout.options import rollout_options_from_args
 
+    placement, rollout = placement_from_args(args), rollout_options_from_args(args)  # a bad device fails before any work
     for path, flag in outputs:
         check_output(path, flag)
     prompts = [ex.prompt for ex in load_data(args.prompts, mapping=parse_mapping(args.map), as_chat=args.as_chat).examples][: args.limit]
@@ -57,10 +64,10 @@ def _sample(args, outputs: list[tuple[str, str]]):
         raise ConfigError(f"nothing to sample: {args.prompts} has no prompts", "give a prompt file with at least one prompt")
     reward = load_reward_source(args.reward)
     gold = load_reward_source(args.gold) if getattr(args, "gold", None) else None
-    model, tok = load_model_and_tokenizer(args.policy)
-    ro = generate(model, tok, prompts, GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                                         n=args.n, do_sample=True, seed=args.seed),
-                  progress=f"sampling {len(prompts)} prompts x {args.n}")
+    ro = generate_with(rollout.rollout_backend, args.policy, None, prompts,
+                       GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, n=args.n,
+                                        do_sample=True, seed=args.seed),
+                       options=rollout, placement=placement, progress=f"sampling {len(prompts)} prompts x {args.n}")
     flat = [prompts[i] for i in ro.prompt_index]
     rewards = call_reward(reward, flat, ro.texts, args.reward).view(len(prompts), args.n)
     return prompts, ro, flat, rewards, gold

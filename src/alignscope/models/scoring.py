@@ -394,7 +394,8 @@ def score_batch(
     else:
         tok_lp, flat_h, last_h = _score_forward(model, layout, compute_logps, chunk_tokens)
     n, device = len(prompt_ids), tok_lp.device
-    logps = torch.zeros(n, device=device, dtype=tok_lp.dtype).index_add(0, layout.seq_index, tok_lp)
+    # float32 sums whatever the weights' dtype: bfloat16 keeps 8 significant bits, so a sum near -300 would round to a multiple of 2.
+    logps = torch.zeros(n, device=device, dtype=torch.float32).index_add(0, layout.seq_index, tok_lp.float())
     out = ScoreOutput(logps=logps, n_tokens=torch.tensor(layout.counts, device=device))
     if return_token_logps:
         out.token_logps = list(torch.split(tok_lp, layout.counts))

@@ -1,7 +1,8 @@
 """Batched sampling with KV cache and left padding, returning tokens and their log-probabilities.
 
 Rollouts feed RL, best-of-n, prompt selection and the RM audit. Hugging Face `generate` is the
-default engine; `VLLMGenerator` has the same interface for GPU users with vLLM installed.
+default engine; `rollout.vllm.VLLMGenerator` has the same interface for GPU users with vLLM
+installed, and `rollout.backend.generate_with` picks one of the two.
 The log-probabilities are those of the distribution the tokens were actually drawn from (after
 temperature and top-p), which is what an off-policy correction or a KL estimate needs.
 """
@@ -87,7 +88,8 @@ def stop_token_ids(model, tokenizer) -> tuple[int, ...]:
     return tuple(ids)
 
 
-def _trim(tokens: list[int], stops: tuple[int, ...]) -> list[int]:
+def trim_at_stop(tokens: list[int], stops: tuple[int, ...]) -> list[int]:
+    """The tokens up to and including the first stop token."""
     for k, t in enumerate(tokens):
         if t in stops:
             return tokens[: k + 1]
@@ -213,7 +215,7 @@ def generate(
                 lp = recorder.finish(new).cpu()
                 new = new.cpu()
                 for row, (i, ids) in enumerate(chunk):
-                    toks = _trim(new[row].tolist(), stops)
+                    toks = trim_at_stop(new[row].tolist(), stops)
                     out.prompt_ids.append(list(ids))
                     out.response_ids.append(toks)
                     out.texts.append(tokenizer.decode(toks[:-1] if toks[-1] in stops else toks, skip_special_tokens=True))
@@ -223,43 +225,3 @@ def generate(
         bar.close()
         model.train(was_training)
     return out
-
-
-class VLLMGenerator:
-    """The same `generate` interface backed by vLLM (GPU users; vLLM is imported only here).
-
-    vLLM reports raw model log-probabilities unless the engine is built with
-    `logprobs_mode="processed_logprobs"` (pass it in `engine_kw` when sampling at temperature != 1
-    or top_p < 1 and the sampling distribution is needed).
-    """
-
-    def __init__(self, model_path: str, **engine_kw):
-        try:
-            from vllm import LLM
-        except ImportError:
-            raise ModelError(
-                "vLLM is not installed", "pip install 'alignscope[vllm]' on a machine with a supported GPU, or use the default Hugging Face generator"
-            ) from None
-        self.llm = LLM(model=model_path, **engine_kw)
-        self.tokenizer = self.llm.get_tokenizer()
-
-    def generate(self, prompts: list[Prompt], cfg: GenerationConfig) -> Rollout:
-        from vllm import SamplingParams
-
-        params = SamplingParams(
-            n=cfg.n, temperature=cfg.temperature if cfg.do_sample else 0.0, top_p=cfg.top_p if cfg.do_sample else 1.0,
-            max_tokens=cfg.max_new_tokens, logprobs=0, seed=cfg.seed,
-        )
-        stops = (self.tokenizer.eos_token_id,)
-        encoded = encode_prompts(self.tokenizer, prompts)
-        out = Rollout([], [], [], [], [], stop_ids=stops)
-        results = self.llm.generate([{"prompt_token_ids": ids} for ids in encoded], params)
-        for i, res in enumerate(results):
-            for c in res.outputs:
-                toks = _trim(list(c.token_ids), stops)
-                out.prompt_ids.append(list(encoded[i]))
-                out.response_ids.append(toks)
-                out.texts.append(self.tokenizer.decode(toks[:-1] if toks and toks[-1] in stops else toks, skip_special_tokens=True))
-                out.prompt_index.append(i)
-                out.logprobs.append(torch.tensor([c.logprobs[k][t].logprob for k, t in enumerate(toks)], dtype=torch.float32))
-        return out

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from alignscope.errors import ConfigError
 from alignscope.options import Options, opt
+from alignscope.rollout.options import RolloutOptions
 
 
 def _check_output_dir(output_dir: str) -> None:
@@ -159,9 +160,9 @@ class RewardSpec(Options):
 
 
 @dataclass
-class RLConfig(Options):
+class RLConfig(RolloutOptions):
     """Every option of `alignscope train rl`. The algorithm is the advantage estimator; `loss_type` is how
-    the per-token loss is averaged (TRL's names and meanings)."""
+    the per-token loss is averaged (TRL's names and meanings); the sampling engine's options come first."""
 
     algorithm: Literal["reinforce", "rloo", "grpo", "dr_grpo", "ppo"] = opt("rloo", "the advantage estimator (ppo adds a value head and GAE)")
     model: str = opt("lab:tiny", "the policy: a folder, a .gguf file, 'smollm2', a cached hub id, or 'lab:SIZE'")
@@ -228,6 +229,7 @@ class RLConfig(Options):
         return self.kl_estimator or ("k1" if self.kl_mode == "reward" else "k3")
 
     def validate(self) -> None:
+        super().validate()
         if self.reward and self.rewards:
             raise ConfigError("both reward and rewards are set", "give one reward, or list them all under rewards")
         _check_output_dir(self.output_dir)

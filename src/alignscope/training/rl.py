@@ -39,6 +39,7 @@ from alignscope.rewards.sources import load_reward_source
 from alignscope.rewards.transforms import RewardTransform, overlong_penalty
 from alignscope.rewards.weighted import RewardTerm, WeightedRewards
 from alignscope.rollout.generation import GenerationConfig, generate
+from alignscope.rollout.vllm import VLLMGenerator
 from alignscope.training import checkpoint as ckpt
 from alignscope.training.config import ALGORITHMS, RewardSpec, RLConfig  # noqa: F401 (re-exported: alignscope.training.rl.RLConfig)
 from alignscope.training.metrics import MetricsLogger
@@ -255,6 +256,10 @@ def train_rl(
             entropy = _pad_to([pg.token_entropy(head(h)) for h in out.token_hidden], width) if cfg.entropy_coef > 0 else None
         return tok, values, entropy
 
+    # rollout_backend=vllm: a colocated engine samples; it is sent the policy's weights after each step's updates.
+    engine = VLLMGenerator.for_model(model, tokenizer, options=cfg, seed=cfg.seed) if cfg.rollout_backend == "vllm" else None
+    if engine is not None and start:
+        engine.sync(model)  # resumed: the engine was built from the initial weights
     bar = tqdm(total=cfg.steps, initial=start, desc=f"rl {cfg.algorithm}", disable=not cfg.progress, unit="step")
     t0 = time.time()
     warned_flat = False
@@ -271,7 +276,7 @@ def train_rl(
             cursor += need
             rounds += 1
             model.eval()
-            ro = generate(model, tokenizer, batch_prompts, gen_cfg)
+            ro = generate(model, tokenizer, batch_prompts, gen_cfg) if engine is None else engine.generate(batch_prompts, gen_cfg, policy=model)
             total, parts = rewards.scores([batch_prompts[j] for j in ro.prompt_index], ro.texts, step=step + 1)
             total = total.view(len(batch_prompts), n)
             var = group_variance(total)
@@ -356,6 +361,8 @@ def train_rl(
                         torch.nn.utils.clip_grad_norm_(trainable.parameters(), cfg.max_grad_norm)
                     optimizer.step()
             scheduler.step()
+            if engine is not None:
+                engine.sync(model)
             mean_kl = float(seq_kl.mean())
             kl_ctl.update(mean_kl, len(p_ids))
             var = group_variance(rewards_pn)
@@ -394,6 +401,8 @@ def train_rl(
         if "reward/proxy_mean" in row:
             bar.set_postfix(reward=f"{row['reward/proxy_mean']:.3f}", kl=f"{row['kl']:.3f}")
     bar.close()
+    if engine is not None:
+        engine.close()
     overoptimization_summary(out_dir, logger)
     model.save_pretrained(out_dir / "final")
     tokenizer.save_pretrained(out_dir / "final")

@@ -1,0 +1,86 @@
+"""The device/precision policy: resolution, clear errors, and bf16 scoring against fp32 (CPU bf16)."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+
+import pytest
+import torch
+
+from alignscope.errors import ConfigError, ModelError
+from alignscope.models.device import (
+    DeviceOptions,
+    add_device_arguments,
+    place_model,
+    placement_from_args,
+    resolve_placement,
+)
+from alignscope.models.scoring import pad_token_id, score_sequences
+
+no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the messages of a machine without a GPU")
+
+
+@no_gpu
+def test_auto_is_cpu_float32_without_a_gpu():
+    p = resolve_placement()
+    assert (p.device.type, p.dtype, p.attn_implementation) == ("cpu", torch.float32, "sdpa")
+    assert resolve_placement("cpu", "bfloat16", "eager").dtype is torch.bfloat16
+
+
+@no_gpu
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_without_a_gpu_names_problem_and_fix(device):
+    with pytest.raises(ModelError, match="no usable CUDA GPU") as e:
+        resolve_placement(device)
+    assert "device=cpu" in e.value.fix
+
+
+def test_bad_specs():
+    with pytest.raises(ConfigError, match="cuda:N"):
+        DeviceOptions(device="gpu0")
+    with pytest.raises(ModelError, match="only on a CUDA GPU"):
+        resolve_placement("cpu", "bfloat16", "flash_attention_2")
+
+
+def test_argparse_flags_round_trip():
+    parser = argparse.ArgumentParser()
+    add_device_arguments(parser)
+    p = placement_from_args(parser.parse_args(["--device", "cpu", "--dtype", "bfloat16", "--attn-implementation", "eager"]))
+    assert (p.device.type, p.dtype_name, p.attn_implementation) == ("cpu", "bfloat16", "eager")
+
+
+def test_bf16_scoring_within_tolerance_of_fp32(tiny_model, bpe_tokenizer):
+    """bf16 weights, float32 sums: each sequence's log-prob within 1e-3 (relative) of fp32's, each token's within 0.01 nats."""
+    g = torch.Generator().manual_seed(0)
+    vocab = len(bpe_tokenizer)
+    prompts = [torch.randint(5, vocab, (int(n),), generator=g).tolist() for n in torch.randint(3, 12, (12,), generator=g)]
+    responses = [torch.randint(5, vocab, (int(n),), generator=g).tolist() for n in torch.randint(1, 60, (12,), generator=g)]
+    pad = pad_token_id(bpe_tokenizer)
+    ref = score_sequences(tiny_model, prompts, responses, pad_id=pad, return_token_logps=True)
+    bf16 = place_model(copy.deepcopy(tiny_model), resolve_placement("cpu", "bfloat16"))
+    assert next(bf16.parameters()).dtype is torch.bfloat16
+    out = score_sequences(bf16, prompts, responses, pad_id=pad, return_token_logps=True)
+    assert out.logps.dtype is torch.float32 and out.token_logps[0].dtype is torch.float32
+    relative = (out.logps - ref.logps).abs() / ref.logps.abs()
+    assert float(relative.max()) < 1e-3, relative
+    for a, b in zip(out.token_logps, ref.token_logps):
+        assert torch.allclose(a.sum(), torch.as_tensor(float(a.double().sum()), dtype=torch.float32), atol=1e-4)
+        assert float((a - b).abs().max()) < 0.01
+
+
+@no_gpu
+def test_bon_with_device_cuda_exits_2_before_any_work(tmp_path, capsys, lab_tiny):
+    from alignscope.cli.main import main
+    from alignscope.world.generate import prompt_data
+    from alignscope.world.language import default_world
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p.prompt}) + "\n" for p in prompt_data(default_world(0), 2, seed=2)))
+    argv = ["bon", "--policy", "lab:tiny", "--prompts", str(prompts), "--reward", "lab:gold", "--out", str(tmp_path / "b.jsonl")]
+    assert main(argv + ["--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "no usable CUDA GPU" in err and "fix: use device=cpu" in err and "Traceback" not in err
+    assert main(argv + ["--device", "cpu", "--dtype", "bfloat16", "--n", "2", "--max-new-tokens", "4"]) == 0
+    assert (tmp_path / "b.jsonl").exists()
