@@ -157,3 +157,49 @@ def test_prompt_file_mapped_and_sent_as_chat(tmp_path, lab_tiny):
                          prompts_per_step=4, samples_per_prompt=2, max_new_tokens=4)
     train_rl(cfg, model=model, tokenizer=tok, reward=record, log=lambda *a: None)
     assert seen and all(p in [[{"role": "user", "content": q}] for q in questions] for p in seen)
+
+
+def test_two_rewards_eval_prompts_completions_and_tensorboard(tmp_path, lab_tiny):
+    from alignscope.report import build_report
+
+    def length(prompts, responses):
+        return [len(r) / 10 for r in responses]
+
+    model, tok, cfg = rl(tmp_path, lab_tiny, "multi", steps=2, prompts_per_step=4, samples_per_prompt=2, eval_steps=1,
+                         eval_samples=2, log_completions=3, report_to=["tensorboard"])
+    train_rl(cfg, model=model, tokenizer=tok, prompts=PROMPTS[:16], eval_prompts=PROMPTS[16:20],
+             reward={"correct": gold_rewards, "length": length}, gold=gold_rewards, log=lambda *a: None)
+    out = tmp_path / "multi"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        # the sum and each term, in training and on the held-out prompts (equal weights of 1: the sum is their total)
+        assert r["reward/proxy_mean"] == pytest.approx(r["reward/correct_mean"] + r["reward/length_mean"], abs=1e-5)
+        assert r["eval/proxy_mean"] == pytest.approx(r["eval/correct_mean"] + r["eval/length_mean"], abs=1e-5)
+        assert "eval/gold_mean" in r and not any(k.startswith("eval/pass@") for k in r)  # gold rewards are not 0/1
+    done = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in done] == [1, 1, 1, 2, 2, 2]
+    assert all(set(c["rewards"]) == {"correct", "length"} and c["rewards"]["length"] == pytest.approx(len(c["response"]) / 10)
+               and c["gold"] == pytest.approx(c["rewards"]["correct"]) for c in done)
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    page = build_report(out).read_text()
+    assert "Sampled completions" in page and done[-1]["response"][:20].replace("&", "&amp;").replace("<", "&lt;") in page
+
+
+def test_eval_pass_at_k_and_the_training_run_untouched_by_evaluation(tmp_path, lab_tiny):
+    from alignscope.data.records import prompt_text
+    from alignscope.rewards.weighted import RewardTerm, WeightedRewards
+    from alignscope.training.rl import evaluate_policy
+
+    model, tok, cfg = rl(tmp_path, lab_tiny, "passk", eval_samples=3)
+    first = prompt_text(PROMPTS[0])
+    only_first = WeightedRewards([RewardTerm("first", lambda p, r: [float(prompt_text(x) == first) for x in p])])
+    res = evaluate_policy(model, tok, PROMPTS[:4], only_first, None, cfg, step=1)
+    assert res["eval/pass@3"] == 0.25 and res["eval/proxy_mean"] == 0.25  # 1 prompt of 4 succeeds on all its samples
+    # Evaluation samples with its own seed: two runs, one evaluating every step, end with the same weights.
+    plain_model, _, plain = rl(tmp_path, lab_tiny, "plain", steps=2)
+    evald_model, _, evald = rl(tmp_path, lab_tiny, "evald", steps=2, eval_steps=1)
+    train_rl(plain, model=plain_model, tokenizer=tok, prompts=PROMPTS, reward=gold_rewards, log=lambda *a: None)
+    train_rl(evald, model=evald_model, tokenizer=tok, prompts=PROMPTS, eval_prompts=PROMPTS[:4], reward=gold_rewards, log=lambda *a: None)
+    for (name, a), b in zip(plain_model.state_dict().items(), evald_model.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)

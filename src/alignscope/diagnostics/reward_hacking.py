@@ -61,24 +61,26 @@ def detect_length_drift(lengths: Sequence[float], max_change: float = 0.5, windo
 
 def detect_kl_outpacing_reward(kl: Sequence[float], proxy: Sequence[float], window: int = 3, min_efficiency: float = 0.25,
                                min_kl_rise: float = 0.05) -> list[Pitfall]:
-    """The KL keeps rising but buys little proxy reward: the proxy gained per unit of sqrt(KL) in
-    the second half fell below `min_efficiency` of the first half's. Gao et al.'s curves bend this
-    way before the gold reward turns down; `size` is the efficiency lost (a fraction)."""
+    """The KL keeps rising but buys little proxy reward: the proxy gained per unit of sqrt(KL) from
+    the middle window to the last fell below `min_efficiency` of the gain from the first window to
+    the middle. Both rises of sqrt(KL) must reach `min_kl_rise`, or a near-zero first rise would make
+    any later efficiency look small. Gao et al.'s curves bend this way before the gold reward turns
+    down; `size` is the efficiency lost (a fraction)."""
     pairs = [(k, p) for k, p in zip(kl, proxy) if k is not None and p is not None and math.isfinite(k) and math.isfinite(p)]
     d = _window_means([math.sqrt(max(k, 0.0)) for k, _ in pairs], window)
     r = _window_means([p for _, p in pairs], window)
     if d is None or r is None:
         return []
     rise1, rise2 = d[1] - d[0], d[2] - d[1]
-    if rise1 <= 0 or rise2 < min_kl_rise:
+    if rise1 < min_kl_rise or rise2 < min_kl_rise:
         return []
     eff1, eff2 = (r[1] - r[0]) / rise1, (r[2] - r[1]) / rise2
     if eff1 <= 0 or eff2 >= min_efficiency * eff1:
         return []
     lost = 1 - eff2 / eff1
     return [Pitfall("KL outpacing reward", lost,
-                    f"sqrt(KL) rose {rise2:.3f} in the second half for a proxy gain of {r[2] - r[1]:+.3f} "
-                    f"({eff2:.2f} per unit vs {eff1:.2f} in the first half)", KL_FIX)]
+                    f"sqrt(KL) rose {rise2:.3f} late in the run for a proxy gain of {r[2] - r[1]:+.3f} "
+                    f"({eff2:.2f} per unit vs {eff1:.2f} earlier)", KL_FIX)]
 
 
 def detect_heldout_divergence(train_proxy: Sequence[float], heldout_proxy: Sequence[float], tolerance: float = 0.05,
@@ -86,7 +88,7 @@ def detect_heldout_divergence(train_proxy: Sequence[float], heldout_proxy: Seque
     """The proxy on held-out prompts peaked and fell by more than `tolerance` while the training
     proxy kept rising: the policy is fitting its training prompts' reward, not the task.
     The two series are aligned (one value each per evaluation point)."""
-    pairs = [(t, h) for t, h in zip(train_proxy, heldout_proxy) if t is not None and h is not None]
+    pairs = [(t, h) for t, h in zip(train_proxy, heldout_proxy) if t is not None and h is not None and math.isfinite(t) and math.isfinite(h)]
     if len(pairs) < 2 * window + 1:
         return []
     smooth = [sum(h for _, h in pairs[max(0, i - window + 1) : i + 1]) / len(pairs[max(0, i - window + 1) : i + 1]) for i in range(len(pairs))]

@@ -66,6 +66,8 @@ def _first_bad(values: Any) -> tuple[int, str] | None:
     """Index and kind of the first entry that is not a finite number."""
     items = values.detach().cpu().reshape(-1).tolist() if isinstance(values, torch.Tensor) else list(values)
     for i, v in enumerate(items):
+        if isinstance(v, (str, bytes)):  # float("0.7") would pass, but torch.as_tensor cannot take strings
+            return i, f"a {type(v).__name__} ({v!r:.40})"
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             try:
                 v = float(v)
@@ -108,7 +110,7 @@ class WeightedRewards:
             culprit = self._find_culprit(term, prompts, responses)
             at = f" on prompt {_short(prompts[culprit])}" if culprit is not None else f" on a batch of {len(responses)} (first prompt {_short(prompts[0])})"
             raise TrainingError(f"{where} raised {type(out).__name__}: {out}{at}", fix) from out
-        if isinstance(out, (str, bytes)) or not hasattr(out, "__len__"):
+        if isinstance(out, (str, bytes)) or not hasattr(out, "__len__") or getattr(out, "ndim", None) == 0:  # 0-d: len() raises
             raise TrainingError(f"{where} returned {type(out).__name__}, not a list of numbers, for {len(responses)} responses", fix)
         if len(out) != len(responses):
             raise TrainingError(f"{where} returned {len(out)} values for {len(responses)} responses (first prompt {_short(prompts[0])})",

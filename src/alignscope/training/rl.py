@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from alignscope import run_files as rf
 from alignscope.atomic import write_text
+from alignscope.data.records import prompt_text
 from alignscope.diagnostics.overoptimization import fit_rl, gold_peak, sqrt_kl
 from alignscope.diagnostics.reward_hacking import HackingMonitor
 from alignscope.diagnostics.variance import per_prompt_variance
@@ -129,8 +130,6 @@ def build_rewards(cfg: RLConfig, reward: RewardArg | None = None) -> WeightedRew
 
 
 def _load_policy(cfg: RLConfig, prompts: list):
-    from alignscope.data.records import prompt_text
-
     if cfg.model == "tiny":
         from alignscope.models.tiny import tiny_llama, train_bpe_tokenizer
 
@@ -173,13 +172,35 @@ def _pad_to(rows: list[torch.Tensor], width: int) -> torch.Tensor:
     return out
 
 
+def evaluate_policy(model, tokenizer, prompts: list, rewards: WeightedRewards, gold: Callable | None, cfg: RLConfig, step: int,
+                    engine: VLLMGenerator | None = None) -> dict[str, float]:
+    """Held-out rewards of the current policy: the proxy (and each term), the gold reward, and pass@k
+    (k = eval_samples: the share of prompts with a sample of reward 1) when every reward is 0 or 1.
+
+    Sampled with its own seed, so evaluating leaves the training run's random state as it was."""
+    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, n=cfg.eval_samples,
+                           do_sample=True, seed=cfg.seed * 1_000_003 + step)
+    model.eval()
+    ro = generate(model, tokenizer, prompts, gen) if engine is None else engine.generate(prompts, gen, policy=model)
+    flat = [prompts[i] for i in ro.prompt_index]
+    total, parts = rewards.scores(flat, ro.texts, step=step)
+    out = {"eval/proxy_mean": float(total.mean())}
+    if len(parts) > 1:
+        out.update({f"eval/{name}_mean": float(v.mean()) for name, v in parts.items()})
+    if gold is not None:
+        out["eval/gold_mean"] = float(torch.as_tensor(gold(flat, ro.texts), dtype=torch.float32).mean())
+    if set(total.unique().tolist()) <= {0.0, 1.0}:
+        out[f"eval/pass@{cfg.eval_samples}"] = float((total.view(len(prompts), cfg.eval_samples).max(-1).values > 0).float().mean())
+    return out
+
+
 @owns_output_dir
 def train_rl(
     cfg: RLConfig, *, resume: bool = False, model=None, tokenizer=None, prompts: list | None = None,
-    reward: RewardArg | None = None, gold: Callable | None = None, log=print,
+    reward: RewardArg | None = None, gold: Callable | None = None, eval_prompts: list | None = None, log=print,
 ) -> Path:
-    """Run RL. In-memory `model`/`tokenizer`, `prompts`, `reward` (a callable or {name: callable}) and
-    `gold` replace the config's specs, which may then be left empty.
+    """Run RL. In-memory `model`/`tokenizer`, `prompts`, `eval_prompts`, `reward` (a callable or
+    {name: callable}) and `gold` replace the config's specs, which may then be left empty.
 
     Flat groups (every sample of a prompt got the same reward) have advantage 0 but keep their KL
     term when dynamic sampling is off: the KL regularises the policy on every prompt it is sampled
@@ -199,6 +220,12 @@ def train_rl(
                                                    as_chat=cfg.as_chat).examples]
     if not prompts:
         raise DataError("there are no prompts to train on", "give a prompt file with at least one prompt")
+    if eval_prompts is None and cfg.eval_prompts:
+        from alignscope.data.loader import load_data
+
+        eval_prompts = [ex.prompt for ex in load_data(cfg.eval_prompts, mapping=cfg.map or None, as_chat=cfg.as_chat).examples]
+        if not eval_prompts:
+            raise DataError(f"eval_prompts {cfg.eval_prompts} holds no prompts", "give a prompt file with at least one prompt, or drop eval_prompts")
     rewards = build_rewards(cfg, reward)
     if gold is None and cfg.gold:
         gold = load_reward_source(cfg.gold)
@@ -380,8 +407,19 @@ def train_rl(
                 "reward_variance/mean": float(var.mean()),
                 "reward_variance/low_fraction": float((var <= cfg.variance_threshold).float().mean()),
             })
-            if gold is not None:
-                row["reward/gold_mean"] = float(torch.as_tensor(gold(flat_prompts, texts), dtype=torch.float32).mean())
+            gold_values = torch.as_tensor(gold(flat_prompts, texts), dtype=torch.float32) if gold is not None else None
+            if gold_values is not None:
+                row["reward/gold_mean"] = float(gold_values.mean())
+            if cfg.log_completions:
+                parts_flat = {k: torch.cat([pp[k] for pp in kept_parts]) for k in rewards.names}
+                for k in range(min(cfg.log_completions, len(texts))):
+                    logger.append_jsonl(rf.COMPLETIONS, {
+                        "step": step + 1, "prompt": prompt_text(flat_prompts[k]), "response": texts[k],
+                        "rewards": {name: float(v[k]) for name, v in parts_flat.items()},
+                        "gold": float(gold_values[k]) if gold_values is not None else None})
+        done = step + 1
+        if eval_prompts and (done == cfg.steps or (cfg.eval_steps and done % cfg.eval_steps == 0)):
+            row.update(evaluate_policy(model, tokenizer, eval_prompts, rewards, gold, cfg, done, engine))
         logger.log(row)
         if "reward/proxy_mean" in row:
             logger.append_jsonl(rf.RL_METRICS, {"step": step + 1, "proxy_reward": row["reward/proxy_mean"],
@@ -394,7 +432,6 @@ def train_rl(
             for pitfall in detect_flat_objective(var / (rewards_pn.var() + 1e-12)):
                 warned_flat = True
                 logger.pitfall(step + 1, pitfall)
-        done = step + 1
         if cfg.save_steps and done % cfg.save_steps == 0 or done == cfg.steps:
             ckpt.save_checkpoint(out_dir, done, trainable, optimizer, scheduler, {"step": done, "kl_coef": kl_ctl.value}, cfg.keep_last)
         bar.update(1)
