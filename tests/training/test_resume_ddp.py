@@ -32,6 +32,11 @@ def final_params(out: Path) -> dict[str, torch.Tensor]:
     return load_file(str(sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1] / "model.safetensors"))
 
 
+def newest_complete(out: Path) -> int:
+    """The step of the newest checkpoint whose write finished (0 when there is none)."""
+    return max((int(p.parent.name.split("-")[1]) for p in out.glob("checkpoint-*/complete.json")), default=0)
+
+
 def metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -40,22 +45,24 @@ def test_kill_and_resume_is_exact(tmp_path):
     data = synthetic.write_jsonl(tmp_path / "pairs.jsonl", synthetic.pairs(48))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run(cli("dpo", *common(data, full, max_steps=10)), check=True, env=env, cwd=REPO, capture_output=True)
-    proc = subprocess.Popen(cli("dpo", *common(data, killed, max_steps=10)), env=env, cwd=REPO,
+    steps = 20
+    subprocess.run(cli("dpo", *common(data, full, max_steps=steps)), check=True, env=env, cwd=REPO, capture_output=True)
+    proc = subprocess.Popen(cli("dpo", *common(data, killed, max_steps=steps)), env=env, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and not (killed / "checkpoint-4" / "complete.json").exists():
-        time.sleep(0.05)
+    # Any complete checkpoint from step 4 on: keep_last=2 prunes older ones, so one name can come and go between two polls.
+    while time.time() < deadline and newest_complete(killed) < 4:
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (killed / "checkpoint-10").exists(), "the run finished before it could be killed"
-    subprocess.run(cli("dpo", "--resume", *common(data, killed, max_steps=10)), check=True, env=env, cwd=REPO, capture_output=True)
+    assert newest_complete(killed) < steps and not (killed / "final").exists(), "the run finished before it could be killed"
+    subprocess.run(cli("dpo", "--resume", *common(data, killed, max_steps=steps)), check=True, env=env, cwd=REPO, capture_output=True)
     a, b = final_params(full), final_params(killed)
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
     ma, mb = metrics(full), metrics(killed)
-    assert [r["step"] for r in mb] == list(range(1, 11))
+    assert [r["step"] for r in mb] == list(range(1, steps + 1))
     for ra, rb in zip(ma, mb):
         assert abs(ra["loss"] - rb["loss"]) < 1e-6
 
