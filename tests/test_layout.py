@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("rollout", "rewards"),
     ("training", "audits"),
     ("report",),
+    ("integrations",),
     ("lab",),
     ("cli",),
 ]

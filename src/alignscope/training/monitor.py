@@ -49,10 +49,11 @@ def first_token_probs(model, items: list[Item], pad_id: int, batch_size: int) ->
     return torch.softmax(logits, dim=-1).mean(0).cpu()
 
 
-def log_eval_point(metrics_log: MetricsLogger, step: int, now: dict[str, Any], start: dict[str, Any], start_probs, tokenizer) -> None:
-    """One monitor point: displacement against the start and, for short responses, the tokens that gained mass."""
+def log_eval_point(metrics_log: MetricsLogger, step: int, now: dict[str, Any], start: dict[str, Any], start_probs, tokenizer) -> dict[str, Any]:
+    """One monitor point: displacement against the start and, for short responses, the tokens that gained mass.
+    Returns the row written to displacement.jsonl (the TRL callback forwards it to the trainer's loggers)."""
     probs = now.pop("first_token_probs", None)
     gainers = None
     if probs is not None and start_probs is not None and step > 0:
         gainers = [{"token": tokenizer.decode([i]), "id": i, "gain": round(g, 6)} for i, g in mass_gainers(start_probs, probs, top_k=5)]
-    metrics_log.eval_point(step, now, start, mass_gainers=gainers)
+    return metrics_log.eval_point(step, now, start, mass_gainers=gainers)
