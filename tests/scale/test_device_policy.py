@@ -6,6 +6,7 @@ import argparse
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -84,3 +85,52 @@ def test_bon_with_device_cuda_exits_2_before_any_work(tmp_path, capsys, lab_tiny
     assert "no usable CUDA GPU" in err and "fix: use device=cpu" in err and "Traceback" not in err
     assert main(argv + ["--device", "cpu", "--dtype", "bfloat16", "--n", "2", "--max-new-tokens", "4"]) == 0
     assert (tmp_path / "b.jsonl").exists()
+
+
+@no_gpu
+@pytest.mark.parametrize("command", ["dpo", "rl"])
+def test_train_with_device_cuda_exits_2_and_writes_nothing(tmp_path, capsys, command):
+    from alignscope.cli.main import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": "yes", "rejected": "no"}) + "\n" for i in range(8)))
+    source = f"data={data}" if command == "dpo" else f"prompts={data}"
+    extra = [] if command == "dpo" else ["reward=lab:gold"]
+    assert main(["train", command, source, *extra, "model=tiny", f"output_dir={tmp_path / 'run'}", "device=cuda:1", "progress=false"]) == 2
+    err = capsys.readouterr().err
+    assert "device=cuda:1" in err and "fix:" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def _safetensors_dtypes(folder) -> set[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(next(folder.glob("*.safetensors"))), "pt") as f:
+        return {str(f.get_slice(k).get_dtype()) for k in f.keys()}
+
+
+def test_dpo_and_rl_train_in_bfloat16_on_cpu(tmp_path):
+    """dtype=bfloat16 loads, trains and saves 16-bit weights; the losses stay finite (log-prob sums are float32)."""
+    from alignscope.options import build_config
+    from alignscope.training.config import RLConfig, TrainConfig
+    from alignscope.training.loop import train
+    from alignscope.training.rl import train_rl
+    from alignscope.world.generate import pairwise_data, prompt_data
+    from alignscope.world.gold import gold_rewards
+    from alignscope.world.language import default_world
+
+    pairs = pairwise_data(default_world(0), 16, seed=3, noise=0.0)
+    out = train(build_config(TrainConfig, {"method": "dpo", "data": "<memory>", "model": "lab:tiny", "dtype": "bfloat16", "batch_size": 4,
+                                           "max_steps": 2, "output_dir": str(tmp_path / "dpo"), "progress": False}),
+                train_examples=pairs, log=lambda *a: None)
+    assert _safetensors_dtypes(out / "final") == {"BF16"}
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows)
+    prompts = [p.prompt for p in prompt_data(default_world(0), 8, seed=1)]
+    for algorithm in ("grpo", "ppo"):
+        cfg = RLConfig(algorithm=algorithm, model="lab:tiny", dtype="bfloat16", output_dir=str(tmp_path / algorithm), steps=2,
+                       prompts_per_step=2, samples_per_prompt=2 if algorithm == "grpo" else 1, max_new_tokens=6, progress=False)
+        run = train_rl(cfg, prompts=prompts, reward=gold_rewards, log=lambda *a: None)
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows), rows
+        assert _safetensors_dtypes(run / "final") == {"BF16"}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from alignscope.models.device import add_device_arguments
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare-rm", help="implicit (DPO) vs explicit reward model, in distribution and under shift",
@@ -19,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="use only the first N pairs of each set")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass of the implicit reward")
     p.add_argument("--out", help="write the rows, length biases and settings as JSON here (a file, or a folder for compare_rm.json)")
+    add_device_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -42,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
     )
     from alignscope.data.loader import load_data
     from alignscope.errors import ConfigError
+    from alignscope.models.device import load_placed, load_placed_model, placement_from_args
 
+    placement = placement_from_args(args)  # a GPU asked for but absent fails before any work
     check_number(args.limit, "--limit", minimum=1)
     check_number(args.batch_size, "--batch-size", minimum=1)
     if args.beta is not None and not args.beta > 0:
@@ -63,12 +68,11 @@ def run(args: argparse.Namespace) -> int:
     settings = {"beta": beta, "ref": ref_spec, "beta_from": "--beta" if args.beta is not None else found.get("from"),
                 "ref_from": "--ref" if args.ref else found.get("from")}
     print(f"compare-rm: beta = {beta} (from {settings['beta_from']}), reference = {ref_spec} (from {settings['ref_from']})")
-    from alignscope.models.loading import load_model_and_tokenizer
     from alignscope.rewards.sources import load_reward_source
 
-    explicit = load_reward_source(args.rm)
-    policy, tok = load_model_and_tokenizer(args.policy)
-    ref, _ = load_model_and_tokenizer(ref_spec)
+    explicit = load_reward_source(args.rm, placement=placement)
+    policy, tok = load_placed(args.policy, placement)
+    ref = load_placed_model(ref_spec, placement)
     rewards = {
         f"implicit (beta={beta})": lambda p, r: implicit_rewards(policy, ref, tok, p, r, beta, batch_size=args.batch_size,
                                                                  progress=f"implicit reward, {len(r)} responses"),

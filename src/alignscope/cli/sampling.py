@@ -62,8 +62,8 @@ def _sample(args, outputs: list[tuple[str, str]]):
     prompts = [ex.prompt for ex in load_data(args.prompts, mapping=parse_mapping(args.map), as_chat=args.as_chat).examples][: args.limit]
     if not prompts:
         raise ConfigError(f"nothing to sample: {args.prompts} has no prompts", "give a prompt file with at least one prompt")
-    reward = load_reward_source(args.reward)
-    gold = load_reward_source(args.gold) if getattr(args, "gold", None) else None
+    reward = load_reward_source(args.reward, placement=placement)
+    gold = load_reward_source(args.gold, placement=placement) if getattr(args, "gold", None) else None
     ro = generate_with(rollout.rollout_backend, args.policy, None, prompts,
                        GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, n=args.n,
                                         do_sample=True, seed=args.seed),

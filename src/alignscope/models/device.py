@@ -15,6 +15,7 @@ import argparse
 import importlib.util
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -48,6 +49,7 @@ class DeviceOptions(Options):
         "auto", "the attention kernel: auto (sdpa), sdpa, eager, or flash_attention_2 (CUDA, 16-bit, flash-attn installed)")
 
     def validate(self) -> None:
+        super().validate()
         check_device_spec(self.device)
 
     def placement(self) -> Placement:
@@ -139,24 +141,34 @@ def place_model(model: nn.Module, placement: Placement) -> nn.Module:
     return model.to(device=placement.device, dtype=placement.dtype)
 
 
-def load_placed(spec: str, placement: Placement, *, trust_remote_code: bool = False, seed: int = 0):
+def load_placed(spec: str, placement: Placement, *, texts: Sequence[str] = (), trust_remote_code: bool = False, seed: int = 0):
     """(model, tokenizer) for any model spec, on the placement's device, dtype and attention kernel.
 
     Folder, GGUF and hub specs are loaded directly in the target dtype (no float32 copy first);
-    lab models are built in float32 on the CPU and then moved.
+    'tiny' (its tokenizer trained on `texts`) and lab models are built in float32 on the CPU and then moved.
     """
-    from alignscope.models.loading import (
-        load_model,
-        load_model_and_tokenizer,
-        load_tokenizer,
-    )
+    from alignscope.models.loading import load_model_and_tokenizer, load_tokenizer
 
-    if spec.startswith("lab:"):
-        model, tok = load_model_and_tokenizer(spec, trust_remote_code=trust_remote_code, seed=seed)
-    else:
-        model = load_model(spec, dtype=placement.dtype, trust_remote_code=trust_remote_code, device=placement.device)
-        tok = load_tokenizer(spec, trust_remote_code=trust_remote_code)
-    return place_model(model, placement), tok
+    if spec == "tiny" or spec.startswith("lab:"):
+        model, tok = load_model_and_tokenizer(spec, texts=texts, trust_remote_code=trust_remote_code, seed=seed)
+        return place_model(model, placement), tok
+    return load_placed_model(spec, placement, trust_remote_code=trust_remote_code, seed=seed), load_tokenizer(spec, trust_remote_code=trust_remote_code)
+
+
+def load_placed_model(spec: str, placement: Placement, *, trust_remote_code: bool = False, seed: int = 0) -> nn.Module:
+    """The model of a spec alone (a reference model), placed like `load_placed`'s."""
+    from alignscope.models.loading import load_model
+
+    return place_model(load_model(spec, dtype=placement.dtype, trust_remote_code=trust_remote_code, device=placement.device, seed=seed),
+                       placement)
+
+
+def use_device(placement: Placement) -> None:
+    """Make the placement's GPU this process's current one, so accelerate (which takes the current CUDA device) uses `cuda:N`."""
+    import torch
+
+    if placement.device.type == "cuda":
+        torch.cuda.set_device(placement.device)
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:

@@ -22,6 +22,7 @@ from alignscope.data.records import Prompt
 from alignscope.data.tokenize import encode_response, render_prompt
 from alignscope.errors import ConfigError, ModelError, did_you_mean
 from alignscope.losses.reward import ENSEMBLE_AGGREGATIONS, aggregate_ensemble
+from alignscope.models.device import Placement
 from alignscope.models.scoring import pad_token_id
 
 RewardFn = Callable[[list[Prompt], list[str]], Any]
@@ -261,8 +262,8 @@ def _sequence_classifier(path: Path) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
 
 
-def load_reward_source(spec: str | RewardFn, **kw: Any) -> RewardSource:
-    """Build a reward source from its spec.
+def load_reward_source(spec: str | RewardFn, *, placement: Placement | None = None, **kw: Any) -> RewardSource:
+    """Build a reward source from its spec; a reward model goes to `placement`'s device and dtype when given.
 
     - a callable, or 'module:function' / 'file.py:function' -> `FunctionReward`;
     - 'lab:gold' -> the lab's gold reward;
@@ -298,8 +299,11 @@ def load_reward_source(spec: str | RewardFn, **kw: Any) -> RewardSource:
 
     from alignscope.models.reward_model import RewardModel, is_reward_model_dir
 
+    def placed(model: torch.nn.Module) -> torch.nn.Module:
+        return model if placement is None else model.to(device=placement.device, dtype=placement.dtype)
+
     if is_reward_model_dir(path):
-        return ModelReward(RewardModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), **kw)
+        return ModelReward(placed(RewardModel.from_pretrained(path)), AutoTokenizer.from_pretrained(path), **kw)
     if not _sequence_classifier(path):
         raise ModelError(
             f"'{spec}' is not a reward model folder (no alignscope_reward.json, and its config is not a *ForSequenceClassification)",
@@ -312,4 +316,4 @@ def load_reward_source(spec: str | RewardFn, **kw: Any) -> RewardSource:
         raise ModelError(f"cannot load the reward model in '{spec}': {e}") from None
     if model.config.num_labels != 1:
         raise ModelError(f"'{spec}' has {model.config.num_labels} labels; a reward model has one")
-    return ModelReward(model, tok, **kw)
+    return ModelReward(placed(model), tok, **kw)

@@ -22,6 +22,7 @@ class RolloutOptions(Options):
     vllm_max_model_len: int | None = opt(None, "the longest prompt + completion vLLM plans its KV cache for; null = the model's", ge=1)
 
     def validate(self) -> None:
+        super().validate()
         if self.vllm_enable_sleep_mode and self.rollout_backend != "vllm":
             raise ConfigError("vllm_enable_sleep_mode is set but rollout_backend is hf", "set rollout_backend=vllm, or drop the option")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from alignscope.errors import ConfigError
+from alignscope.models.device import DeviceOptions
 from alignscope.options import Options, opt
 from alignscope.rollout.options import RolloutOptions
 
@@ -54,14 +55,15 @@ class LoraConfig(Options):
 
 
 @dataclass
-class TrainConfig(Options):
+class TrainConfig(DeviceOptions):
     """Every option of `alignscope train sft|rm|dpo|kto|rank`. Unknown keys fail with a suggestion."""
 
     method: Literal["sft", "rm", "dpo", "kto", "rank"] = opt("dpo", "the objective (set by the command: `train dpo`, ...)")
     model: str = opt("tiny", "the policy: a folder, a .gguf file, 'smollm2', a cached hub id, or 'tiny' (random 2-layer Llama)")
     ref_model: str | None = opt(None, "the reference model, in the same forms as `model`; null = the initial policy")
-    data: str = opt("", "training data: a JSONL/JSON/Parquet/CSV file or a saved `datasets` folder")
-    eval_data: str | None = opt(None, "held-out data for evaluation and the displacement monitor")
+    data: str = opt("", "training data: a JSONL/JSON/Parquet/CSV file, a saved `datasets` folder, or a Hub dataset "
+                        "hf:NAME[:SUBSET][@SPLIT] (default split train; read from the local datasets cache when offline)")
+    eval_data: str | None = opt(None, "held-out data for evaluation and the displacement monitor, in the same forms as `data` (e.g. hf:NAME@test)")
     eval_fraction: float = opt(0.0, "fraction of `data` held out for evaluation when eval_data is not given", ge=0, lt=1)
     format: str | None = opt(None, "the data format (pairwise, ranked, unpaired, sft, prompt); null = detect")
     map: dict = opt({}, "column renames, e.g. {chosen: response_a}")
@@ -111,6 +113,7 @@ class TrainConfig(Options):
     progress: bool = opt(True, "show progress bars")
 
     def validate(self) -> None:
+        super().validate()
         if not self.data:
             raise ConfigError("no training data given", "set data: path/to/file.jsonl (or data=... on the command line)")
         _check_output_dir(self.output_dir)
@@ -160,13 +163,14 @@ class RewardSpec(Options):
 
 
 @dataclass
-class RLConfig(RolloutOptions):
+class RLConfig(DeviceOptions, RolloutOptions):
     """Every option of `alignscope train rl`. The algorithm is the advantage estimator; `loss_type` is how
-    the per-token loss is averaged (TRL's names and meanings); the sampling engine's options come first."""
+    the per-token loss is averaged (TRL's names and meanings); the sampling engine's and the device's options come first."""
 
     algorithm: Literal["reinforce", "rloo", "grpo", "dr_grpo", "ppo"] = opt("rloo", "the advantage estimator (ppo adds a value head and GAE)")
     model: str = opt("lab:tiny", "the policy: a folder, a .gguf file, 'smollm2', a cached hub id, or 'lab:SIZE'")
-    prompts: str = opt("", "the prompts: a prompt-only data file (or any format with prompts); not needed when given in memory")
+    prompts: str = opt("", "the prompts: a prompt-only data file (or any format with prompts), a saved `datasets` folder, or a Hub "
+                           "dataset hf:NAME[:SUBSET][@SPLIT]; not needed when given in memory")
     format: str | None = opt(None, "the prompt file's format; null = detect")
     map: dict = opt({}, "column renames, e.g. {prompt: question}")
     as_chat: bool = opt(False, "send plain-text prompts as one user message, so the chat template applies")
@@ -176,7 +180,7 @@ class RLConfig(RolloutOptions):
     reward_transform: list[Any] = opt([], "transforms of the summed reward, in order: standardize, {clip: [low, high]}, {log_sigmoid_centring: r_ref}")
     reward_transform_samples: int = opt(32, "prompts (samples_per_prompt each) the initial policy answers to fix the transform's statistics", ge=2)
     gold: str | None = opt(None, "a gold reward for monitoring over-optimisation ('module:function' or 'lab:gold')")
-    eval_prompts: str | None = opt(None, "held-out prompts sampled at evaluation points (proxy, gold, pass@k); null = no evaluation")
+    eval_prompts: str | None = opt(None, "held-out prompts sampled at evaluation points (proxy, gold, pass@k), in the same forms as `prompts`; null = no evaluation")
     eval_steps: int | None = opt(None, "evaluate every N steps and after the last; null = only after the last", ge=1)
     eval_samples: int = opt(4, "completions per held-out prompt at an evaluation point (the k of pass@k)", ge=1)
     log_completions: int = opt(8, "completions of each step written to completions.jsonl with each reward; 0 = none", ge=0)

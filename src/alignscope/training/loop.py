@@ -36,6 +36,7 @@ from alignscope.training import checkpoint as ckpt
 from alignscope.training.config import TrainConfig
 from alignscope.training.items import Item
 from alignscope.training.methods import Context, method_for
+from alignscope.models.device import Placement, load_placed, load_placed_model, use_device
 from alignscope.training.methods.base import Seq
 from alignscope.training.metrics import MetricsLogger
 from alignscope.training.monitor import evaluate, log_eval_point
@@ -57,16 +58,10 @@ def load_examples(cfg: TrainConfig, source: Any):
                      as_chat=cfg.as_chat).examples
 
 
-def build_policy(cfg: TrainConfig, texts: list[str]):
-    """(model, tokenizer). 'tiny' builds a random 2-layer Llama with a BPE tokenizer trained on the data."""
-    from alignscope.models.loading import load_model_and_tokenizer
-
-    if cfg.model == "tiny":
-        from alignscope.models.tiny import tiny_llama, train_bpe_tokenizer
-
-        tok = train_bpe_tokenizer(texts[:5000], vocab_size=512)
-        return tiny_llama(tok, hidden_size=64, num_layers=2, num_heads=4, seed=cfg.seed), tok
-    return load_model_and_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)
+def build_policy(cfg: TrainConfig, texts: list[str], placement: Placement | None = None):
+    """(model, tokenizer) on the run's device and dtype (the config's when no placement is given).
+    'tiny' builds a random 2-layer Llama with a BPE tokenizer trained on the data."""
+    return load_placed(cfg.model, placement or cfg.placement(), texts=texts, trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)
 
 
 def _texts(examples) -> list[str]:
@@ -182,10 +177,9 @@ def train(
     """
     from accelerate import Accelerator
 
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),
-        mixed_precision=cfg.mixed_precision,
-    )
+    placement = cfg.placement()  # a GPU asked for but absent fails here, before anything is read or written
+    use_device(placement)
+    accelerator = Accelerator(cpu=placement.device.type == "cpu", mixed_precision=cfg.mixed_precision)
     is_main = accelerator.is_main_process
     say = log if is_main else (lambda *a, **k: None)
     out_dir = Path(cfg.output_dir)
@@ -207,7 +201,8 @@ def train(
     # --- model and the method's items
     method = method_for(cfg)
     if model is None:
-        model, tokenizer = build_policy(cfg, _texts(examples))
+        model, tokenizer = build_policy(cfg, _texts(examples), placement)
+    model.to(accelerator.device)  # the reference pass below runs before accelerate's prepare, on the run's device
     pad_id = pad_token_id(tokenizer)
     items, stats = method.items(examples, tokenizer)
     say(f"tokenized: {stats.summary()}")
@@ -235,9 +230,7 @@ def train(
     if method.needs_reference:
         ref_model = model
         if cfg.ref_model:
-            from alignscope.models.loading import load_model
-
-            ref_model = load_model(cfg.ref_model, trust_remote_code=cfg.trust_remote_code)
+            ref_model = load_placed_model(cfg.ref_model, placement, trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)
         cache = Path(cfg.ref_cache_dir or out_dir / "ref_cache")
         ref_logps = compute_reference_logps(cfg, ref_model, method.reference_sequences(items), pad_id, cache, say)
         if eval_items:  # the monitor's implicit reward: chosen and rejected of each held-out pair

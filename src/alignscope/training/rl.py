@@ -35,6 +35,7 @@ from alignscope.diagnostics.warnings import (
 )
 from alignscope.errors import ConfigError, DataError, TrainingError
 from alignscope.losses import policy_gradient as pg
+from alignscope.models.device import Placement, load_placed
 from alignscope.models.scoring import Scorer, body_and_head, pad_token_id, score_batch
 from alignscope.rewards.sources import load_reward_source
 from alignscope.rewards.transforms import RewardTransform, overlong_penalty
@@ -112,32 +113,27 @@ def overoptimization_summary(out_dir: Path, logger: MetricsLogger) -> dict | Non
 RewardArg = Callable[[list, list[str]], Any] | Mapping[str, Callable[[list, list[str]], Any]]
 
 
-def build_rewards(cfg: RLConfig, reward: RewardArg | None = None) -> WeightedRewards:
+def build_rewards(cfg: RLConfig, reward: RewardArg | None = None, placement: Placement | None = None) -> WeightedRewards:
     """The run's reward terms: the in-memory `reward` (a callable, or {name: callable}, weight 1 each),
-    else the config's `rewards` list, else its single `reward`."""
+    else the config's `rewards` list, else its single `reward`; reward models on `placement`."""
     if reward is not None:
         if callable(reward):
             terms = [RewardTerm(getattr(reward, "__name__", "reward").strip("<>") or "reward", load_reward_source(reward))]
         else:
             terms = [RewardTerm(name, load_reward_source(fn)) for name, fn in reward.items()]
     elif cfg.rewards:
-        terms = [RewardTerm(spec.label, load_reward_source(spec.fn or spec.rm), spec.weight) for spec in cfg.rewards]
+        terms = [RewardTerm(spec.label, load_reward_source(spec.fn or spec.rm, placement=placement), spec.weight) for spec in cfg.rewards]
     elif cfg.reward:
-        terms = [RewardTerm(RewardSpec(fn=cfg.reward).label, load_reward_source(cfg.reward))]
+        terms = [RewardTerm(RewardSpec(fn=cfg.reward).label, load_reward_source(cfg.reward, placement=placement))]
     else:
         raise ConfigError("no reward given", "set reward: module:function, a reward-model folder or lab:gold (or a rewards: list)")
     return WeightedRewards(terms, timeout=cfg.reward_timeout)
 
 
-def _load_policy(cfg: RLConfig, prompts: list):
-    if cfg.model == "tiny":
-        from alignscope.models.tiny import tiny_llama, train_bpe_tokenizer
-
-        tok = train_bpe_tokenizer([prompt_text(p) for p in prompts[:5000]], vocab_size=512)
-        return tiny_llama(tok, hidden_size=64, num_layers=2, num_heads=4, seed=cfg.seed), tok
-    from alignscope.models.loading import load_model_and_tokenizer
-
-    return load_model_and_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)
+def _load_policy(cfg: RLConfig, prompts: list, placement: Placement):
+    """(policy, tokenizer) on the run's device and dtype ('tiny': a BPE tokenizer trained on the prompts)."""
+    return load_placed(cfg.model, placement, texts=[prompt_text(p) for p in prompts], trust_remote_code=cfg.trust_remote_code,
+                       seed=cfg.seed)
 
 
 def fit_reward_transform(cfg: RLConfig, transform: RewardTransform, reference, tokenizer, prompts: list, rewards: WeightedRewards,
@@ -166,7 +162,8 @@ def _logged(out_dir: Path) -> tuple[list[dict], list[str]]:
 
 
 def _pad_to(rows: list[torch.Tensor], width: int) -> torch.Tensor:
-    out = rows[0].new_zeros(len(rows), width)
+    """Right-pad per-sequence rows to [B, width] in float32 (ratios and KL terms of 16-bit log-probs lose too much)."""
+    out = rows[0].new_zeros(len(rows), width, dtype=torch.float32)
     for i, r in enumerate(rows):
         out[i, : len(r)] = r
     return out
@@ -226,11 +223,13 @@ def train_rl(
         eval_prompts = [ex.prompt for ex in load_data(cfg.eval_prompts, mapping=cfg.map or None, as_chat=cfg.as_chat).examples]
         if not eval_prompts:
             raise DataError(f"eval_prompts {cfg.eval_prompts} holds no prompts", "give a prompt file with at least one prompt, or drop eval_prompts")
-    rewards = build_rewards(cfg, reward)
+    placement = cfg.placement()  # a GPU asked for but absent fails here, before anything is written
+    rewards = build_rewards(cfg, reward, placement)
     if gold is None and cfg.gold:
         gold = load_reward_source(cfg.gold)
     if model is None:
-        model, tokenizer = _load_policy(cfg, prompts)
+        model, tokenizer = _load_policy(cfg, prompts, placement)
+    device = next(model.parameters()).device
     reference = copy.deepcopy(model).eval().requires_grad_(False)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / rf.CONFIG, json.dumps(asdict(cfg), indent=1, default=str))
@@ -244,7 +243,7 @@ def train_rl(
     params = list(model.parameters())
     optimizer = torch.optim.AdamW([{"params": params, "lr": cfg.lr}], lr=cfg.lr)
     if ppo:
-        value_head = torch.nn.Linear(model.config.hidden_size, 1)
+        value_head = torch.nn.Linear(model.config.hidden_size, 1, device=device)
         torch.nn.init.zeros_(value_head.weight)
         torch.nn.init.zeros_(value_head.bias)
         optimizer.add_param_group({"params": list(value_head.parameters()), "lr": cfg.value_lr})
@@ -279,7 +278,7 @@ def train_rl(
             out = score_batch(scorer, [p_ids[i] for i in idx], [r_ids[i] for i in idx], pad_id=pad_id, return_token_logps=True,
                               return_token_hidden=ppo or cfg.entropy_coef > 0, padding_free=cfg.padding_free)
             tok = _pad_to(out.token_logps, width)
-            values = _pad_to([value_head(h).squeeze(-1) for h in out.token_hidden], width) if ppo else None
+            values = _pad_to([value_head(h.float()).squeeze(-1) for h in out.token_hidden], width) if ppo else None
             entropy = _pad_to([pg.token_entropy(head(h)) for h in out.token_hidden], width) if cfg.entropy_coef > 0 else None
         return tok, values, entropy
 
@@ -329,7 +328,7 @@ def train_rl(
         p_ids = [pi for grp in kept_r for pi in grp[0]]
         r_ids = [ri for grp in kept_r for ri in grp[1]]
         texts = [t for grp in kept_r for t in grp[2]]
-        truncated = torch.tensor([not f for grp in kept_r for f in grp[3]], dtype=torch.bool)
+        truncated = torch.tensor([not f for grp in kept_r for f in grp[3]], dtype=torch.bool, device=device)
         flat_prompts = [p for p in kept_p for _ in range(n)]
 
         row: dict = {"step": step + 1, "groups_sampled": n_groups, "zero_variance_fraction": n_flat / max(n_groups, 1)}
@@ -346,7 +345,7 @@ def train_rl(
             with torch.no_grad():
                 ref_out = score_batch(reference, p_ids, r_ids, pad_id=pad_id, return_token_logps=True, padding_free=cfg.padding_free)
             ref_tok = _pad_to(ref_out.token_logps, width)
-            mask = _pad_to([torch.ones(len(r)) for r in r_ids], width).bool()
+            mask = _pad_to([torch.ones(len(r), device=device) for r in r_ids], width).bool()
             loss_mask = mask & ~truncated.unsqueeze(-1) if cfg.mask_truncated_completions else mask
             model.train()
             # --- the rollout policy's log-probs (and values): what every update's ratio and clip compare against.
@@ -358,7 +357,7 @@ def train_rl(
             old_values = values0.detach() if values0 is not None else None
             kl_coef = kl_ctl.value
             seq_kl = (pg.kl_k1(old_tok, ref_tok) * mask).sum(-1)
-            adv, returns = compute_advantages(cfg, scores, mask, pg.kl_estimate(old_tok, ref_tok, kl_est) * mask, kl_coef, old_values)
+            adv, returns = compute_advantages(cfg, scores.to(device), mask, pg.kl_estimate(old_tok, ref_tok, kl_est) * mask, kl_coef, old_values)
             size = math.ceil(len(p_ids) / cfg.steps_per_generation)
             minibatches = [all_idx[i : i + size] for i in range(0, len(p_ids), size)]
             num_items = float(loss_mask.sum()) / len(minibatches)  # dapo: the rollout's tokens per optimizer step
