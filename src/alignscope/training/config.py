@@ -219,6 +219,8 @@ class RLConfig(DeviceOptions, RolloutOptions):
     variance_threshold: float = opt(1e-6, "a group's reward variance at or below this counts as flat", ge=0)
     max_refill_rounds: int = opt(4, "dynamic sampling: most refill rounds per step", ge=0)
     padding_free: bool = opt(True, "score a group's completions as one row of real tokens (sdpa; same numbers)")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward (less memory, ~30% more time)")
+    lora: LoraConfig | None = opt(None, "train a LoRA adapter instead of all weights, e.g. {r: 16, alpha: 32}; the reference is the adapter disabled")
     seed: int = opt(0, "random seed (prompt order, sampling, initialisation)", ge=0, lt=2**32)
     save_steps: int | None = opt(None, "write a checkpoint every N steps; null = only the final model", ge=1)
     keep_last: int = opt(2, "checkpoints kept on disk (older ones are pruned)", ge=1)

@@ -29,6 +29,8 @@ from alignscope.atomic import atomic_path, write_text
 from alignscope.errors import ConfigError, TrainingError
 from alignscope.models.scoring import (
     check_context,
+    check_vocab,
+    largest_id,
     pad_token_id,
     score_sequences,
 )
@@ -37,6 +39,7 @@ from alignscope.training.config import TrainConfig
 from alignscope.training.items import Item
 from alignscope.training.methods import Context, method_for
 from alignscope.models.device import Placement, load_placed, load_placed_model, use_device
+from alignscope.training.lora import add_lora
 from alignscope.training.methods.base import Seq
 from alignscope.training.metrics import MetricsLogger
 from alignscope.training.monitor import evaluate, log_eval_point
@@ -145,27 +148,6 @@ def _epoch_order(n_items: int, epoch: int, steps_per_epoch: int, global_batch: i
     return [i for b in batches for i in b]
 
 
-def add_lora(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
-    """Wrap the policy (or a reward model's body) in LoRA adapters; the base weights stay frozen.
-
-    The reference is the initial policy, i.e. the adapter disabled: its log-probs are
-    precomputed before the first update, when the adapter is still the identity.
-    """
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError:
-        raise ConfigError("LoRA needs the peft package", "pip install 'alignscope[peft]'") from None
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [m for m in cfg.lora.target_modules if m not in names]
-    if missing:
-        raise ConfigError(
-            f"LoRA target modules {missing} are not in the model",
-            f"set lora.target_modules to some of: {', '.join(sorted(n for n in names if n.endswith('proj')) or sorted(names)[:12])}",
-        )
-    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules)
-    return get_peft_model(model, lora)
-
-
 @owns_output_dir
 def train(
     cfg: TrainConfig, *, resume: bool = False, train_examples=None, eval_examples=None, model=None, tokenizer=None, log=print
@@ -216,6 +198,8 @@ def train(
 
     # Checks that need only the tokens come before any compute or output (no reference cache, no run folder).
     check_context(model, max((len(it.prompt_ids) + len(r) for it in items + eval_items for r in it.responses), default=0))
+    check_vocab(model, max([pad_id] + [largest_id([it.prompt_ids], it.responses) for it in items + eval_items]),
+                len(tokenizer) if hasattr(tokenizer, "__len__") else None)
     world = accelerator.num_processes
     global_batch = cfg.batch_size * cfg.grad_accum * world
     if len(items) < global_batch:
@@ -259,7 +243,7 @@ def train(
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text(out_dir / rf.CONFIG, json.dumps(asdict(cfg), indent=1, default=str))
     if resume:
-        found = ckpt.load_latest(out_dir, log=say)
+        found = ckpt.load_latest(out_dir, log=say, model=accelerator.unwrap_model(trained), optimizer=optimizer)
         if found is None:
             say(f"no complete checkpoint in {out_dir}; starting from step 0")
         else:

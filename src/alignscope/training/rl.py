@@ -11,11 +11,12 @@ reward-hacking alarms read them.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from alignscope.diagnostics.warnings import (
 from alignscope.errors import ConfigError, DataError, TrainingError
 from alignscope.losses import policy_gradient as pg
 from alignscope.models.device import Placement, load_placed
+from alignscope.models.loading import set_activation_checkpointing
 from alignscope.models.scoring import Scorer, body_and_head, pad_token_id, score_batch
 from alignscope.rewards.sources import load_reward_source
 from alignscope.rewards.transforms import RewardTransform, overlong_penalty
@@ -44,6 +46,7 @@ from alignscope.rollout.generation import GenerationConfig, generate
 from alignscope.rollout.vllm import VLLMGenerator
 from alignscope.training import checkpoint as ckpt
 from alignscope.training.config import ALGORITHMS, RewardSpec, RLConfig  # noqa: F401 (re-exported: alignscope.training.rl.RLConfig)
+from alignscope.training.lora import add_lora
 from alignscope.training.metrics import MetricsLogger
 from alignscope.training.run_dir import owns_output_dir
 
@@ -230,17 +233,36 @@ def train_rl(
     if model is None:
         model, tokenizer = _load_policy(cfg, prompts, placement)
     device = next(model.parameters()).device
-    reference = copy.deepcopy(model).eval().requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        set_activation_checkpointing(model, True)
+    if cfg.lora is not None:
+        model = add_lora(model, cfg)
+    # The reference policy: with LoRA the adapter disabled (no second copy of the weights), else a frozen copy.
+    frozen_copy = None if cfg.lora is not None else copy.deepcopy(model).eval().requires_grad_(False)
+
+    @contextlib.contextmanager
+    def reference() -> Iterator[torch.nn.Module]:
+        if frozen_copy is not None:
+            yield frozen_copy
+            return
+        was_training = model.training
+        model.eval()
+        try:
+            with model.disable_adapter():
+                yield model
+        finally:
+            model.train(was_training)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / rf.CONFIG, json.dumps(asdict(cfg), indent=1, default=str))
-    transform = fit_reward_transform(cfg, RewardTransform(cfg.reward_transform), reference, tokenizer, prompts, rewards, log) \
-        if cfg.reward_transform else None
+    with reference() as ref:
+        transform = fit_reward_transform(cfg, RewardTransform(cfg.reward_transform), ref, tokenizer, prompts, rewards, log) \
+            if cfg.reward_transform else None
     pad_id = pad_token_id(tokenizer)
     scorer = Scorer(model)
     head = body_and_head(model)[1]
     ppo = cfg.algorithm == "ppo"
     value_head = None
-    params = list(model.parameters())
+    params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": params, "lr": cfg.lr}], lr=cfg.lr)
     if ppo:
         value_head = torch.nn.Linear(model.config.hidden_size, 1, device=device)
@@ -343,7 +365,8 @@ def train_rl(
             width = max(len(r) for r in r_ids)
             all_idx = list(range(len(p_ids)))
             with torch.no_grad():
-                ref_out = score_batch(reference, p_ids, r_ids, pad_id=pad_id, return_token_logps=True, padding_free=cfg.padding_free)
+                with reference() as ref:
+                    ref_out = score_batch(ref, p_ids, r_ids, pad_id=pad_id, return_token_logps=True, padding_free=cfg.padding_free)
             ref_tok = _pad_to(ref_out.token_logps, width)
             mask = _pad_to([torch.ones(len(r), device=device) for r in r_ids], width).bool()
             loss_mask = mask & ~truncated.unsqueeze(-1) if cfg.mask_truncated_completions else mask
@@ -440,6 +463,10 @@ def train_rl(
     if engine is not None:
         engine.close()
     overoptimization_summary(out_dir, logger)
+    if cfg.lora is not None:
+        # The adapter alone (for peft users) and the merged model (what every alignscope command loads).
+        model.save_pretrained(out_dir / "final" / "adapter")
+        model = model.merge_and_unload()
     model.save_pretrained(out_dir / "final")
     tokenizer.save_pretrained(out_dir / "final")
     logger.close()
