@@ -29,8 +29,6 @@ from alignscope.atomic import atomic_path, write_text
 from alignscope.errors import ConfigError, TrainingError
 from alignscope.models.scoring import (
     check_context,
-    check_vocab,
-    largest_id,
     pad_token_id,
     score_sequences,
 )
@@ -198,8 +196,6 @@ def train(
 
     # Checks that need only the tokens come before any compute or output (no reference cache, no run folder).
     check_context(model, max((len(it.prompt_ids) + len(r) for it in items + eval_items for r in it.responses), default=0))
-    check_vocab(model, max([pad_id] + [largest_id([it.prompt_ids], it.responses) for it in items + eval_items]),
-                len(tokenizer) if hasattr(tokenizer, "__len__") else None)
     world = accelerator.num_processes
     global_batch = cfg.batch_size * cfg.grad_accum * world
     if len(items) < global_batch:
@@ -243,7 +239,7 @@ def train(
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text(out_dir / rf.CONFIG, json.dumps(asdict(cfg), indent=1, default=str))
     if resume:
-        found = ckpt.load_latest(out_dir, log=say, model=accelerator.unwrap_model(trained), optimizer=optimizer)
+        found = ckpt.load_latest(out_dir, log=say)
         if found is None:
             say(f"no complete checkpoint in {out_dir}; starting from step 0")
         else:
