@@ -161,7 +161,14 @@ def write_table(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def pair_record(ex: PairExample) -> dict[str, Any]:
-    rec = {"prompt": ex.prompt, "chosen": ex.chosen, "rejected": ex.rejected}
+    """A pair in TRL's preference columns, so the file loads with `load_dataset("json", ...)` into a
+    DPOTrainer. A chat prompt takes its responses as one assistant message each: TRL reads a row as
+    conversational or plain as a whole, and a chat prompt beside text responses fits neither."""
+    if isinstance(ex.prompt, str):
+        rec: dict[str, Any] = {"prompt": ex.prompt, "chosen": ex.chosen, "rejected": ex.rejected}
+    else:
+        rec = {"prompt": ex.prompt, "chosen": [{"role": "assistant", "content": ex.chosen}],
+               "rejected": [{"role": "assistant", "content": ex.rejected}]}
     if ex.margin is not None:
         rec["margin"] = ex.margin
     return rec

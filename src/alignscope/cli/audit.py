@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d = s.add_parser("data", help="per-pair CHES, edit distance, log-probs; dataset findings; --filter",
                      description="Score every pair once with the model and report the pairs likely to cause likelihood displacement.")
     d.add_argument("--model", required=True, help="model folder, .gguf, 'smollm2', 'lab:small', or a cached hub id")
-    d.add_argument("--data", required=True, help="pairwise data file")
+    d.add_argument("--data", required=True, help="pairwise data: a file, a saved `datasets` folder, or a Hub dataset "
+                   "hf:NAME[:SUBSET][@SPLIT] (read from the local datasets cache when offline)")
     d.add_argument("--format", help="override format detection")
     d.add_argument("--map", action="append", default=[], metavar="NEW=OLD", help="rename a column (repeatable)")
     d.add_argument("--out", default="audit", help="output folder (ches.csv and the manifest alignscope.json; `alignscope report` reads it); "
@@ -31,11 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                      description="Sample n responses per prompt from the policy and rank the reward models as teachers.")
     r.add_argument("--rm", nargs="+", required=True, help="reward models: folders, module:function, or lab:gold")
     r.add_argument("--policy", required=True, help="policy model spec")
-    r.add_argument("--prompts", required=True, help="prompt file")
+    r.add_argument("--prompts", required=True, help="prompts: a file, a saved `datasets` folder, or hf:NAME[:SUBSET][@SPLIT]")
     r.add_argument("--map", action="append", default=[], metavar="NEW=OLD", help="rename a column of --prompts (repeatable)")
     r.add_argument("--as-chat", action="store_true",
                    help="send plain-text prompts as one user message (the chat template of an instruct model applies)")
-    r.add_argument("--pairs", help="pairwise data for off-policy accuracy")
+    r.add_argument("--pairs", help="pairwise data for off-policy accuracy (a file, a folder, or hf:NAME[:SUBSET][@SPLIT])")
     r.add_argument("--gold", help="gold reward (module:function or lab:gold) for on-policy accuracy")
     r.add_argument("--n", type=int, default=10, help="samples per prompt (at least 2: variance needs two)")
     r.add_argument("--limit", type=int, default=100, help="number of prompts")
@@ -86,7 +87,7 @@ def run_data(args: argparse.Namespace) -> int:
         write_table,
     )
     from alignscope.audits.outputs import command_line
-    from alignscope.data.loader import load_data, parse_mapping
+    from alignscope.data.loader import is_hub_spec, load_data, parse_mapping
 
     folder, table, manifest, filtered = check_data_args(args)
     data = load_data(args.data, format=args.format, mapping=parse_mapping(args.map), on_error=args.on_error,
@@ -109,8 +110,9 @@ def run_data(args: argparse.Namespace) -> int:
     write_table(audit.rows, table)
     if data.rejects_path is not None:
         files["rejects"] = str(data.rejects_path)
+    source = args.data if is_hub_spec(args.data) else str(Path(args.data).resolve())  # a Hub spec is no path
     rf.write_manifest(manifest, "audit data", command_line(args, "audit data"), files,
-                      data=str(Path(args.data).resolve()), model=args.model, filter=args.filter, summary=audit.summary)
+                      data=source, model=args.model, filter=args.filter, summary=audit.summary)
     print(format_summary(audit))
     print(f"per-pair table: {table} ({rf.ROW_CONVENTION}); manifest: {manifest}")
     for m in msg:

@@ -3,10 +3,17 @@
 `load_data` is the one entry point trainers and CLIs use: it turns a file or dataset with TRL's
 column names (or renamed ones, via `mapping`) into normalised records, and refuses bad rows
 with an error that names the file, line, field and fix, unless asked to skip them.
+
+A Hugging Face Hub dataset is named where a path would go, as `hf:NAME[:SUBSET][@SPLIT]`
+(`hf:trl-lib/ultrafeedback_binarized@test`, `hf:openai/gsm8k:main@train`): one string, so every
+`data`/`eval_data`/`prompts` option and `--data`/`--prompts` flag takes it with no companion
+option. It is read through `datasets.load_dataset`, so a dataset downloaded once is served from
+the local `datasets` cache offline (HF_HUB_OFFLINE=1).
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,6 +31,106 @@ from alignscope.data.records import Example
 from alignscope.data.sources import RawData, RawRow, read_rows
 from alignscope.data.validate import convert_rows, first_error, write_rejects
 from alignscope.errors import ConfigError, DataError, did_you_mean
+
+
+HUB_PREFIX = "hf:"
+HUB_SYNTAX = "hf:NAME[:SUBSET][@SPLIT], e.g. hf:trl-lib/ultrafeedback_binarized@test or hf:openai/gsm8k:main@train"
+_HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+
+
+@dataclass(frozen=True)
+class HubSpec:
+    """A Hub dataset named in a data option: `name` (a repo id), `subset` (its config), `split`."""
+
+    text: str
+    name: str
+    subset: str | None = None
+    split: str | None = None
+
+
+def is_hub_spec(source: Any) -> bool:
+    """Whether a data option names a Hub dataset (`hf:...`) rather than a path."""
+    return isinstance(source, str) and source.startswith(HUB_PREFIX)
+
+
+def parse_hub_spec(text: str) -> HubSpec:
+    """'hf:NAME[:SUBSET][@SPLIT]' -> HubSpec. The split comes after '@' first, so a sliced split
+    such as `train[:100]` or `train[:10%]` keeps its colon; a Hub id holds neither ':' nor '@'."""
+    body = text[len(HUB_PREFIX):]
+    head, at, split = body.partition("@")
+    name, colon, subset = head.partition(":")
+    problem = None
+    if not _HUB_NAME.fullmatch(name):
+        problem = f"'{name}' is not a Hub dataset id" if name else "the Hub dataset has no name"
+    elif colon and not subset.strip():
+        problem = "the subset after ':' is empty"
+    elif at and not split.strip():
+        problem = "the split after '@' is empty"
+    if problem:
+        raise DataError(problem, f"write {HUB_SYNTAX}", source=text)
+    return HubSpec(text, name, subset.strip() or None, split.strip() or None)
+
+
+def _hub_call(spec: HubSpec, split: str) -> str:
+    """The `datasets` call that downloads `spec`, written out for the user to run."""
+    subset = f", {spec.subset!r}" if spec.subset else ""
+    return f"python -c \"import datasets; datasets.load_dataset({spec.name!r}{subset}, split={split!r})\""
+
+
+def _hub_error(spec: HubSpec, split: str, e: Exception) -> DataError:
+    """`datasets`' failure as a DataError naming the dataset and the fix: chiefly, not cached while offline."""
+    from datasets import config
+    from datasets.exceptions import DatasetNotFoundError
+
+    message = " ".join(str(e).split())[:400]
+    what = f"'{spec.name}'" + (f" (subset '{spec.subset}')" if spec.subset else "")
+    if isinstance(e, ConnectionError) or "Couldn't find cache for" in message:
+        return DataError(
+            f"the Hub dataset {what} is not in the local datasets cache ({config.HF_DATASETS_CACHE}) and the Hub "
+            f"cannot be reached ({message})",
+            f"download it once with network ({_hub_call(spec, split)}); later runs read it from the cache, also "
+            "offline (HF_HUB_OFFLINE=1). Or, where it is available, save it with Dataset.save_to_disk('FOLDER') "
+            "and pass the folder instead",
+            source=spec.text)
+    if isinstance(e, DatasetNotFoundError):
+        return DataError(f"the Hub has no dataset {what} that can be read ({message})",
+                         "check the name on https://huggingface.co/datasets; for a gated or private dataset, log in "
+                         "(hf auth login) and accept its terms on its page", source=spec.text)
+    if "Unknown split" in message or "Bad split" in message:
+        return DataError(f"there is no split '{split}' ({message})",
+                         f"name one of its splits after '@': hf:{spec.name}{':' + spec.subset if spec.subset else ''}@SPLIT",
+                         source=spec.text)
+    if any(m in message for m in ("Config name is missing", "configurations in the cache", "BuilderConfig")):
+        return DataError(f"the subset is missing or unknown ({message})",
+                         f"name one of the subsets listed after ':': hf:{spec.name}:SUBSET", source=spec.text)
+    return DataError(f"datasets cannot load it: {type(e).__name__}: {message}",
+                     f"check the name, subset and split ({HUB_SYNTAX}), or save the dataset with save_to_disk "
+                     "and pass the folder", source=spec.text)
+
+
+def read_hub(spec: HubSpec, split: str = "train") -> RawData:
+    """The rows of one split of a Hub dataset, via `datasets.load_dataset` (which serves a dataset
+    downloaded once from its cache when offline). The spec's own split wins over `split`."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("reading a Hub dataset needs the `datasets` package", "pip install datasets",
+                        source=spec.text) from None
+    split = spec.split or split
+    try:
+        ds = datasets.load_dataset(spec.name, spec.subset, split=split)
+    except Exception as e:  # datasets raises ConnectionError, ValueError, DatasetNotFoundError, ... by cause
+        raise _hub_error(spec, split, e) from None
+    raw = read_rows(ds, split)
+    raw.source = spec.text
+    return raw
+
+
+def read_source(source: Any, split: str = "train") -> RawData:
+    """`read_rows`, plus Hub datasets named `hf:NAME[:SUBSET][@SPLIT]`."""
+    if is_hub_spec(source):
+        return read_hub(parse_hub_spec(source), split)
+    return read_rows(source, split)
 
 
 @dataclass
@@ -91,6 +198,8 @@ def default_rejects_path(source: str) -> Path:
     """In the working directory: a shared or read-only data folder is never written to."""
     if source.startswith("<"):
         return Path.cwd() / "rejects.jsonl"
+    if is_hub_spec(source):  # hf:org/name:subset@split -> name_subset_split.rejects.jsonl
+        return Path.cwd() / (re.sub(r"[^A-Za-z0-9._-]+", "_", source[len(HUB_PREFIX):].rpartition("/")[2]) + ".rejects.jsonl")
     return Path.cwd() / f"{Path(source).name}.rejects.jsonl"
 
 
@@ -107,7 +216,8 @@ def load_data(
 ) -> LoadedData:
     """Read `source`, detect (or take) its format, validate and convert every row into records.
 
-    `source`: a path (JSONL[.gz], JSON, CSV, Parquet, a save_to_disk folder), a list of dicts or a
+    `source`: a path (JSONL[.gz], JSON, CSV, Parquet, a save_to_disk folder), a Hub dataset
+    `hf:NAME[:SUBSET][@SPLIT]` (`split` when it names none), a list of dicts or a
     `datasets.Dataset`/`DatasetDict`. `format`: pairwise, ranked, unpaired, sft, prompt (or the
     aliases dpo, kto). `on_error="skip"` writes bad rows to `rejects_path` (default: next to the
     file) and reports their count through `log` (default: stderr). `as_chat=True` turns every
@@ -117,7 +227,7 @@ def load_data(
     if on_error not in ("fail", "skip"):
         raise ConfigError(f"unknown error policy on_error='{on_error}'" + did_you_mean(on_error, ("fail", "skip")),
                           "use on_error='fail' or on_error='skip'")
-    raw = read_rows(source, split)
+    raw = read_source(source, split)
     if not raw.rows and not raw.errors:
         raise DataError("the dataset has no records", "give a source with at least one record", source=raw.source)
     apply_mapping(raw.rows, mapping, raw.source)
@@ -139,4 +249,5 @@ def load_data(
     return out
 
 
-__all__ = ["LoadedData", "load_data", "parse_mapping", "apply_mapping", "detect_format", "canonical_format", "read_rows"]
+__all__ = ["LoadedData", "load_data", "parse_mapping", "apply_mapping", "detect_format", "canonical_format", "read_rows",
+           "read_source", "read_hub", "parse_hub_spec", "is_hub_spec", "HubSpec", "HUB_SYNTAX"]
