@@ -14,7 +14,7 @@ from alignscope.rollout.options import add_rollout_arguments
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", required=True, help="policy model spec (folder, .gguf, smollm2, lab:tiny)")
-    p.add_argument("--prompts", required=True, help="prompt file")
+    p.add_argument("--prompts", required=True, help="prompts: a file, a saved `datasets` folder, or hf:NAME[:SUBSET][@SPLIT]")
     p.add_argument("--map", action="append", default=[], metavar="NEW=OLD",
                    help="rename a column, e.g. --map prompt=question (repeatable)")
     p.add_argument("--as-chat", action="store_true",
