@@ -29,7 +29,9 @@ from alignscope.diagnostics.variance import (
     teacher_table,
 )
 from alignscope.rewards.sources import call_reward
-from alignscope.rollout.generation import GenerationConfig, generate
+from alignscope.rollout.backend import generate_with
+from alignscope.rollout.generation import GenerationConfig
+from alignscope.rollout.vllm import VLLMGenerator
 
 RewardFn = Callable[[list[Prompt], list[str]], Any]
 
@@ -52,9 +54,12 @@ def audit_reward_models(
     threshold: float = 0.1,
     seed: int = 0,
     progress: str | None = None,
+    backend: str | VLLMGenerator = "hf",
 ) -> dict[str, Any]:
-    ro = generate(policy, tokenizer, prompts, GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, n=n, do_sample=True, seed=seed),
-                  progress=progress)
+    """Sample `n` responses per prompt from `policy` (with `backend`: hf, vllm or an engine) and rank the RMs as teachers."""
+    ro = generate_with(backend, policy, tokenizer, prompts,
+                       GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, n=n, do_sample=True, seed=seed),
+                       progress=progress)
     flat_prompts = [prompts[i] for i in ro.prompt_index]
     gold_r = _rewards(gold, flat_prompts, ro.texts).reshape(len(prompts), n) if gold is not None else None
     table_in, variances, per_rm, rewards = {}, {}, {}, {}

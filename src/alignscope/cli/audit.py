@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from alignscope.models.device import add_device_arguments
+from alignscope.rollout.options import add_rollout_arguments
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("audit", help="audit preference data (CHES) or reward models (reward variance)")
@@ -26,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
     d.add_argument("--max-length", type=int, default=1024, help="prompt + response tokens kept per sequence")
     d.add_argument("--max-prompt-length", type=int, default=512, help="prompt tokens kept (from the end)")
+    add_device_arguments(d)
     d.set_defaults(func=run_data)
 
     r = s.add_parser("rm", help="reward variance and accuracy of reward models under a policy: the teacher table",
@@ -44,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--threshold", type=float, default=0.1, help="standardised variance below which a prompt is 'low variance'")
     r.add_argument("--out", default="audit", help="output folder (reward_variance.json, teacher_table.json, samples.jsonl, alignscope.json)")
     r.add_argument("--seed", type=int, default=0, help="sampling seed")
+    add_device_arguments(r)
+    add_rollout_arguments(r)
     r.set_defaults(func=run_rm)
 
 
@@ -89,13 +95,14 @@ def run_data(args: argparse.Namespace) -> int:
     from alignscope.audits.outputs import command_line
     from alignscope.data.loader import is_hub_spec, load_data, parse_mapping
 
+    from alignscope.models.device import load_placed, placement_from_args
+
+    placement = placement_from_args(args)  # a GPU asked for but absent fails before any work
     folder, table, manifest, filtered = check_data_args(args)
     data = load_data(args.data, format=args.format, mapping=parse_mapping(args.map), on_error=args.on_error,
                      rejects_path=table.with_name(table.stem + ".rejects.jsonl"))
     pairs = data.examples[: args.limit] if args.limit else data.examples
-    from alignscope.models.loading import load_model_and_tokenizer
-
-    model, tok = load_model_and_tokenizer(args.model)
+    model, tok = load_placed(args.model, placement)
     audit = audit_pairs(model, tok, pairs, batch_size=args.batch_size, max_length=args.max_length, max_prompt_length=args.max_prompt_length)
     msg, files = [], {"ches_table": table.name}
     if args.filter:
@@ -142,18 +149,29 @@ def run_rm(args: argparse.Namespace) -> int:
     from alignscope.data.loader import load_data, parse_mapping
     from alignscope.rewards.sources import load_reward_source
 
+    from alignscope.models.device import load_placed, placement_from_args
+    from alignscope.rollout.options import rollout_options_from_args
+
+    placement, rollout = placement_from_args(args), rollout_options_from_args(args)  # a bad device fails before any work
     out = check_rm_args(args)
     prompts = [ex.prompt for ex in load_data(args.prompts, mapping=parse_mapping(args.map), as_chat=args.as_chat).examples]
     prompts = prompts[: args.limit]
     pairs = load_data(args.pairs, as_chat=args.as_chat).examples if args.pairs else None
-    from alignscope.models.loading import load_model_and_tokenizer
+    policy, tok = load_placed(args.policy, placement)
+    rms = {spec: load_reward_source(spec, placement=placement) for spec in args.rm}
+    gold = load_reward_source(args.gold, placement=placement) if args.gold else None
+    engine = None
+    if rollout.rollout_backend == "vllm":
+        from alignscope.rollout.vllm import VLLMGenerator
 
-    policy, tok = load_model_and_tokenizer(args.policy)
-    rms = {spec: load_reward_source(spec) for spec in args.rm}
-    gold = load_reward_source(args.gold) if args.gold else None
-    result = audit_reward_models(rms, policy, tok, prompts, n=args.n, pairs=pairs, gold=gold,
-                                 max_new_tokens=args.max_new_tokens, threshold=args.threshold, seed=args.seed,
-                                 progress=f"sampling {len(prompts)} prompts x {args.n}")
+        engine = VLLMGenerator.for_model(policy, tok, options=rollout, dtype=placement.dtype_name, seed=args.seed)
+    try:
+        result = audit_reward_models(rms, policy, tok, prompts, n=args.n, pairs=pairs, gold=gold,
+                                     max_new_tokens=args.max_new_tokens, threshold=args.threshold, seed=args.seed,
+                                     progress=f"sampling {len(prompts)} prompts x {args.n}", backend=engine or "hf")
+    finally:
+        if engine is not None:
+            engine.close()
     write_outputs(result, out, command_line(args, "audit rm"))
     print(format_table(result))
     print(f"written: {out / rf.TEACHER_TABLE}, {out / rf.REWARD_VARIANCE}, {out / rf.SAMPLES} ({rf.ROW_CONVENTION} of --prompts)")
