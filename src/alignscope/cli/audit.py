@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 from alignscope.models.device import add_device_arguments
@@ -29,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
     d.add_argument("--max-length", type=int, default=1024, help="prompt + response tokens kept per sequence")
     d.add_argument("--max-prompt-length", type=int, default=512, help="prompt tokens kept (from the end)")
+    d.add_argument("--chunk-pairs", type=int, default=256, help="pairs scored and saved at a time (what a kill can lose; "
+                   "the unit that processes of `torchrun`/`accelerate launch` share out)")
+    d.add_argument("--resume", action="store_true", help="continue an audit that was killed: chunks already scored are kept")
     add_device_arguments(d)
     d.set_defaults(func=run_data)
 
@@ -63,7 +67,7 @@ def check_data_args(args: argparse.Namespace) -> tuple[Path, Path, Path, Path | 
         check_output_file,
     )
 
-    for option, value, minimum in (("--limit", args.limit, 1), ("--batch-size", args.batch_size, 1),
+    for option, value, minimum in (("--limit", args.limit, 1), ("--batch-size", args.batch_size, 1), ("--chunk-pairs", args.chunk_pairs, 1),
                                    ("--max-length", args.max_length, 2), ("--max-prompt-length", args.max_prompt_length, 1)):
         check_number(value, option, minimum=minimum)
     if args.filter:
@@ -84,26 +88,51 @@ def check_data_args(args: argparse.Namespace) -> tuple[Path, Path, Path, Path | 
     return folder, table, manifest, filtered
 
 
+def distributed() -> tuple[int, int, Callable[[], None]]:
+    """(rank, world size, barrier) of this process: one process, or one of `torchrun` / `accelerate launch`'s."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, lambda: None
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return state.process_index, state.num_processes, state.wait_for_everyone
+
+
 def run_data(args: argparse.Namespace) -> int:
+    import tempfile
+
     from alignscope import run_files as rf
     from alignscope.audits.data import (
+        CHUNKS_DIR,
         apply_filter,
-        audit_pairs,
+        audit_in_chunks,
         format_summary,
         write_table,
     )
     from alignscope.audits.outputs import command_line
     from alignscope.data.loader import is_hub_spec, load_data, parse_mapping
-
     from alignscope.models.device import load_placed, placement_from_args
 
     placement = placement_from_args(args)  # a GPU asked for but absent fails before any work
     folder, table, manifest, filtered = check_data_args(args)
-    data = load_data(args.data, format=args.format, mapping=parse_mapping(args.map), on_error=args.on_error,
-                     rejects_path=table.with_name(table.stem + ".rejects.jsonl"))
+    rank, world, barrier = distributed()
+    # Only the main process writes next to the outputs; the others' rejects (the same rows) go to a scratch folder.
+    rejects = table.with_name(table.stem + ".rejects.jsonl") if rank == 0 else Path(tempfile.mkdtemp()) / "rejects.jsonl"
+    data = load_data(args.data, format=args.format, mapping=parse_mapping(args.map), on_error=args.on_error, rejects_path=rejects)
     pairs = data.examples[: args.limit] if args.limit else data.examples
     model, tok = load_placed(args.model, placement)
-    audit = audit_pairs(model, tok, pairs, batch_size=args.batch_size, max_length=args.max_length, max_prompt_length=args.max_prompt_length)
+    source = args.data if is_hub_spec(args.data) else str(Path(args.data).resolve())  # a Hub spec is no path
+    settings = {"data": source, "format": args.format, "map": args.map, "limit": args.limit, "model": args.model,
+                "max_length": args.max_length, "max_prompt_length": args.max_prompt_length, "dtype": placement.dtype_name}
+    chunks = table.parent / CHUNKS_DIR
+    audit = audit_in_chunks(model, tok, pairs, chunk_dir=chunks, settings=settings, resume=args.resume, rank=rank, world=world,
+                            barrier=barrier, chunk_pairs=args.chunk_pairs, batch_size=args.batch_size, max_length=args.max_length,
+                            max_prompt_length=args.max_prompt_length)
+    if audit is None:  # another process of a distributed run: the main one writes the results
+        return 0
     msg, files = [], {"ches_table": table.name}
     if args.filter:
         kept, dropped, n_drop = apply_filter(audit, pairs, args.filter, filtered)
@@ -117,9 +146,11 @@ def run_data(args: argparse.Namespace) -> int:
     write_table(audit.rows, table)
     if data.rejects_path is not None:
         files["rejects"] = str(data.rejects_path)
-    source = args.data if is_hub_spec(args.data) else str(Path(args.data).resolve())  # a Hub spec is no path
     rf.write_manifest(manifest, "audit data", command_line(args, "audit data"), files,
-                      data=source, model=args.model, filter=args.filter, summary=audit.summary)
+                      data=source, model=args.model, filter=args.filter, summary=audit.summary, processes=world)
+    import shutil
+
+    shutil.rmtree(chunks, ignore_errors=True)  # the results are written: the chunks have served
     print(format_summary(audit))
     print(f"per-pair table: {table} ({rf.ROW_CONVENTION}); manifest: {manifest}")
     for m in msg:
