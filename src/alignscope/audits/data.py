@@ -21,6 +21,7 @@ import torch
 
 from alignscope import run_files as rf
 from alignscope.atomic import atomic_path, write_text
+from alignscope.audits.chunks import run_in_chunks
 from alignscope.data.records import PairExample, prompt_text
 from alignscope.data.tokenize import TokenizeStats, encode_group
 from alignscope.diagnostics.ches import ches, ches_filter, ln_ches
@@ -29,7 +30,7 @@ from alignscope.diagnostics.similarity import (
     final_embedding_inner_product,
     normalized_edit_distance,
 )
-from alignscope.errors import ConfigError, DataError, did_you_mean
+from alignscope.errors import DataError, did_you_mean
 from alignscope.models.scoring import ScoreOutput, pad_token_id, score_sequences
 
 COLUMNS = [
@@ -87,70 +88,30 @@ def audit_pairs(
     return DataAudit(rows, dataset_findings(pairs, rows), stats)
 
 
-CHUNK_PAIRS = 256  # pairs scored and written at a time: what a kill can lose, and the unit processes share out
-CHUNKS_DIR = ".audit_chunks"
-
-
 def audit_in_chunks(
     model, tokenizer, pairs: list[PairExample], *, chunk_dir: Path, settings: dict[str, Any], resume: bool = False,
-    rank: int = 0, world: int = 1, barrier: Callable[[], None] = lambda: None, chunk_pairs: int = CHUNK_PAIRS,
+    rank: int = 0, world: int = 1, barrier: Callable[[], None] = lambda: None, chunk_pairs: int = 256,
     log: Callable[[str], Any] = print, **kw: Any,
 ) -> DataAudit | None:
-    """`audit_pairs` over chunks of `chunk_pairs` pairs: chunk k is scored by process k % `world`, and each
-    finished chunk is written to `chunk_dir` at once, so a killed audit loses at most the chunks in progress
-    and `resume` skips the rest. A chunk's pairs are the same whatever the number of processes, so 2
-    processes give the very numbers of 1. The main process (rank 0) returns the whole audit in input order,
-    the others None; `barrier` waits for every process (a no-op in one process).
-    """
+    """`audit_pairs` over chunks of `chunk_pairs` pairs through `audits.chunks.run_in_chunks` (saved as they
+    finish, shared out between processes, resumable); the whole audit in input order on the main process."""
     if not pairs:
         raise DataError("no pairs to audit", "check the data file and --limit")
-    n_chunks = math.ceil(len(pairs) / chunk_pairs)
-    meta_path = chunk_dir / "settings.json"
-    meta = {**settings, "pairs": len(pairs), "chunk_pairs": chunk_pairs}
-    if rank == 0:
-        if resume and meta_path.exists():
-            saved = json.loads(meta_path.read_text())
-            changed = sorted(k for k in set(saved) | set(meta) if saved.get(k) != meta.get(k))
-            if changed:
-                raise ConfigError(f"--resume: the unfinished audit in {chunk_dir.parent} was run with other settings ({', '.join(changed)})",
-                                  "pass the same arguments as the first run, or drop --resume to start again")
-            done = sum((chunk_dir / f"chunk-{k:05d}.json").exists() for k in range(n_chunks))
-            log(f"resuming: {done} of {n_chunks} chunks of {chunk_pairs} pairs already scored")
-        else:
-            if chunk_dir.exists():
-                if not resume:
-                    log(f"discarding the chunks of an unfinished earlier audit in {chunk_dir} (pass --resume to continue one)")
-                import shutil
 
-                shutil.rmtree(chunk_dir)
-            chunk_dir.mkdir(parents=True)
-            write_text(meta_path, json.dumps(meta, indent=1))
-    barrier()
-    try:
-        for k in range(rank, n_chunks, world):
-            path = chunk_dir / f"chunk-{k:05d}.json"
-            if path.exists():
-                continue
-            start = k * chunk_pairs
-            part = audit_pairs(model, tokenizer, pairs[start : start + chunk_pairs], progress=rank == 0, **kw)
-            for row in part.rows:
-                row["row"] += start
-            write_text(path, json.dumps({"rows": part.rows, "tokenize": dict(part.tokenize.counts)}))
-    except Exception:
-        if rank == 0 and not any(chunk_dir.glob("chunk-*.json")):  # nothing scored yet: leave nothing behind
-            import shutil
+    def compute(k: int, start: int, stop: int) -> dict[str, Any]:
+        part = audit_pairs(model, tokenizer, pairs[start:stop], progress=rank == 0, **kw)
+        for row in part.rows:
+            row["row"] += start
+        return {"rows": part.rows, "tokenize": dict(part.tokenize.counts)}
 
-            shutil.rmtree(chunk_dir, ignore_errors=True)
-        raise
-    barrier()
-    if rank != 0:
+    chunks = run_in_chunks(len(pairs), chunk_pairs, chunk_dir, settings, compute, resume=resume, rank=rank, world=world,
+                           barrier=barrier, log=log)
+    if chunks is None:
         return None
-    rows: list[dict[str, Any]] = []
+    rows = [row for c in chunks for row in c["rows"]]
     counts: Counter = Counter()
-    for k in range(n_chunks):
-        chunk = json.loads((chunk_dir / f"chunk-{k:05d}.json").read_text())
-        rows.extend(chunk["rows"])
-        counts.update(chunk["tokenize"])
+    for c in chunks:
+        counts.update(c["tokenize"])
     return DataAudit(rows, dataset_findings(pairs, rows), TokenizeStats(counts))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 
 from alignscope.models.device import add_device_arguments
@@ -88,25 +87,12 @@ def check_data_args(args: argparse.Namespace) -> tuple[Path, Path, Path, Path | 
     return folder, table, manifest, filtered
 
 
-def distributed() -> tuple[int, int, Callable[[], None]]:
-    """(rank, world size, barrier) of this process: one process, or one of `torchrun` / `accelerate launch`'s."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1, lambda: None
-    import torch
-    from accelerate import PartialState
-
-    state = PartialState(cpu=not torch.cuda.is_available())
-    return state.process_index, state.num_processes, state.wait_for_everyone
-
-
 def run_data(args: argparse.Namespace) -> int:
     import tempfile
 
     from alignscope import run_files as rf
+    from alignscope.audits.chunks import CHUNKS_DIR, distributed, finish
     from alignscope.audits.data import (
-        CHUNKS_DIR,
         apply_filter,
         audit_in_chunks,
         format_summary,
@@ -148,9 +134,7 @@ def run_data(args: argparse.Namespace) -> int:
         files["rejects"] = str(data.rejects_path)
     rf.write_manifest(manifest, "audit data", command_line(args, "audit data"), files,
                       data=source, model=args.model, filter=args.filter, summary=audit.summary, processes=world)
-    import shutil
-
-    shutil.rmtree(chunks, ignore_errors=True)  # the results are written: the chunks have served
+    finish(chunks)
     print(format_summary(audit))
     print(f"per-pair table: {table} ({rf.ROW_CONVENTION}); manifest: {manifest}")
     for m in msg:
