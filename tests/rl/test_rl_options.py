@@ -314,3 +314,29 @@ def test_overlong_penalty_edge_buffers():
 def test_overlong_buffer_longer_than_max_new_tokens_is_a_config_error():
     with pytest.raises(ConfigError, match="overlong_buffer \\(9\\) is longer than max_new_tokens \\(8\\)"):
         RLConfig(algorithm="grpo", prompts="x", reward="x", samples_per_prompt=2, max_new_tokens=8, overlong_buffer=9)
+
+
+def test_micro_batch_weights_by_hand():
+    # Mini-batch of 3 sequences with 2, 1, 3 tokens; the micro-batch holds the first two (3 of 6 tokens).
+    batch = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.bool)
+    part = batch[:2]
+    assert pg.micro_batch_weight("bnpo", part, batch) == pytest.approx(3 / 6)
+    assert pg.micro_batch_weight("grpo", part, batch) == pytest.approx(2 / 3)
+    assert pg.micro_batch_weight("dr_grpo", part, batch) == pytest.approx(2 / 3)
+    assert pg.micro_batch_weight("dapo", part, batch) == 1.0
+    with pytest.raises(ConfigError):
+        pg.micro_batch_weight("token_mean", part, batch)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+def test_weighted_micro_batch_losses_sum_to_the_mini_batch_loss(loss_type):
+    torch.manual_seed(0)
+    logp = torch.randn(5, 4, requires_grad=True)
+    old, ref, adv = logp.detach() + 0.3 * torch.randn(5, 4), logp.detach() + 0.2 * torch.randn(5, 4), torch.randn(5)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]], dtype=torch.bool)
+    kw = dict(epsilon=0.2, epsilon_high=0.28, loss_type=loss_type, max_len=4, num_items=float(mask.sum()), kl_coef=0.1)
+    whole = pg.policy_gradient_loss(logp, adv, mask, old_token_logps=old, ref_token_logps=ref, **kw)
+    parts = sum(pg.micro_batch_weight(loss_type, mask[s], mask)
+                * pg.policy_gradient_loss(logp[s], adv[s], mask[s], old_token_logps=old[s], ref_token_logps=ref[s], **kw)
+                for s in (slice(0, 2), slice(2, 4), slice(4, 5)))
+    assert parts.item() == pytest.approx(whole.item(), rel=1e-6)

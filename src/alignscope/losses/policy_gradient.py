@@ -127,6 +127,20 @@ def aggregate_tokens(
     raise ConfigError(f"unknown loss_type '{loss_type}'{did_you_mean(loss_type, LOSS_TYPES)}", f"use one of {', '.join(LOSS_TYPES)}")
 
 
+def micro_batch_weight(loss_type: str, part_mask: torch.Tensor, batch_mask: torch.Tensor) -> float:
+    """The weight of a micro-batch's loss (aggregated by `loss_type` over the micro-batch alone) such that the
+    weighted micro-batch losses sum to the loss of their whole mini-batch: gradient accumulation that leaves the
+    update unchanged. bnpo: its share of the tokens; grpo and dr_grpo: its share of the sequences; dapo: 1
+    (its normaliser, `num_items`, is already the rollout's)."""
+    if loss_type == "bnpo":
+        return float(part_mask.sum()) / max(float(batch_mask.sum()), 1.0)
+    if loss_type in ("grpo", "dr_grpo"):
+        return part_mask.shape[0] / batch_mask.shape[0]
+    if loss_type == "dapo":
+        return 1.0
+    raise ConfigError(f"unknown loss_type '{loss_type}'{did_you_mean(loss_type, LOSS_TYPES)}", f"use one of {', '.join(LOSS_TYPES)}")
+
+
 def importance_ratio(token_logps: torch.Tensor, old_token_logps: torch.Tensor, mask: torch.Tensor, level: str = "token") -> torch.Tensor:
     """π/π_old per token [B, T], or GSPO's per sequence [B, 1]: exp of the mean token log-ratio
     over the response (Zheng et al. 2025), as TRL's `importance_sampling_level`."""

@@ -201,6 +201,8 @@ class RLConfig(DeviceOptions, RolloutOptions):
     epsilon_high: float | None = opt(None, "the upper bound is 1 + epsilon_high (DAPO's clip-higher, e.g. 0.28); null = epsilon", gt=0)
     num_iterations: int = opt(1, "passes over each rollout batch; after the first the ratio to the rollout policy is no longer 1", ge=1)
     steps_per_generation: int = opt(1, "mini-batches (optimizer steps) per pass over a rollout batch", ge=1)
+    micro_batch_size: int | None = opt(None, "sequences per forward and backward; a mini-batch's gradient is accumulated over them "
+                                       "(same update, less memory); null = the whole mini-batch at once", ge=1)
     importance_sampling_level: Literal["token", "sequence"] = opt("token", "the ratio per token, or per sequence (GSPO: exp of the mean token log-ratio)")
     mask_truncated_completions: bool = opt(False, "leave completions cut at max_new_tokens out of the loss (they still count in the group's baseline)")
     overlong_buffer: int | None = opt(None, "DAPO's soft overlong penalty: it ramps over the last N tokens before max_new_tokens; null = off", ge=1)

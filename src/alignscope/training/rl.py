@@ -373,9 +373,17 @@ def train_rl(
             model.train()
             # --- the rollout policy's log-probs (and values): what every update's ratio and clip compare against.
             # One pass over one mini-batch needs no extra forward: the ratio is 1 and old = detached current.
-            single = cfg.num_iterations == 1 and cfg.steps_per_generation == 1
+            # One pass over one mini-batch needs no extra forward (the ratio is 1, old = detached current), unless
+            # micro-batches split it: then every forward, the rollout policy's included, runs micro_batch_size at a time.
+            micro = cfg.micro_batch_size or len(p_ids)
+            single = cfg.num_iterations == 1 and cfg.steps_per_generation == 1 and micro >= len(p_ids)
             first = forward(all_idx, width, need_grad=True) if single else None
-            tok0, values0, _ = first if single else forward(all_idx, width, need_grad=False)
+            if single:
+                tok0, values0 = first[0], first[1]
+            else:
+                parts = [forward(all_idx[i : i + micro], width, need_grad=False) for i in range(0, len(all_idx), micro)]
+                tok0 = torch.cat([p[0] for p in parts])
+                values0 = torch.cat([p[1] for p in parts]) if ppo else None
             old_tok = tok0.detach()
             old_values = values0.detach() if values0 is not None else None
             kl_coef = kl_ctl.value
@@ -384,28 +392,35 @@ def train_rl(
             size = math.ceil(len(p_ids) / cfg.steps_per_generation)
             minibatches = [all_idx[i : i + size] for i in range(0, len(p_ids), size)]
             num_items = float(loss_mask.sum()) / len(minibatches)  # dapo: the rollout's tokens per optimizer step
+            high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
             for _ in range(cfg.num_iterations):
                 for idx in minibatches:
-                    tok, values, entropy = first if single else forward(idx, width, need_grad=True)
-                    loss = pg.policy_gradient_loss(
-                        tok, adv[idx], loss_mask[idx], old_token_logps=old_tok[idx], epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
-                        loss_type=loss_type, max_len=cfg.max_new_tokens, num_items=num_items,
-                        importance_sampling_level=cfg.importance_sampling_level,
-                        kl_coef=kl_coef if cfg.kl_mode == "loss" else 0.0, ref_token_logps=ref_tok[idx], kl_estimator=kl_est,
-                        use_bias_correction_kl=cfg.use_bias_correction_kl,
-                        entropy=entropy, entropy_coef=cfg.entropy_coef,
-                    )
-                    with torch.no_grad():
-                        ratio = pg.importance_ratio(tok.detach(), old_tok[idx], loss_mask[idx], cfg.importance_sampling_level)
-                        high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
-                        clipped = ((ratio < 1 - cfg.epsilon) | (ratio > 1 + high)).expand_as(tok) & loss_mask[idx]
-                        clip_fraction = float(clipped.sum()) / max(float(loss_mask[idx].sum()), 1.0)
-                    if values is not None:
-                        loss = loss + cfg.vf_coef * pg.value_loss(values, old_values[idx], returns[idx], mask[idx], clip=cfg.cliprange_value)
-                    if not torch.isfinite(loss):
-                        raise TrainingError(f"RL loss is {loss.item()} at step {step + 1}", "lower lr or kl_coef; the last good checkpoint is kept")
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    loss_value, n_clipped = 0.0, 0.0
+                    for part in (idx[i : i + micro] for i in range(0, len(idx), micro)):
+                        tok, values, entropy = first if single else forward(part, width, need_grad=True)
+                        # Each term aggregated over the micro-batch, weighted so the parts sum to the mini-batch's loss.
+                        loss = pg.micro_batch_weight(loss_type, loss_mask[part], loss_mask[idx]) * pg.policy_gradient_loss(
+                            tok, adv[part], loss_mask[part], old_token_logps=old_tok[part], epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
+                            loss_type=loss_type, max_len=cfg.max_new_tokens, num_items=num_items,
+                            importance_sampling_level=cfg.importance_sampling_level,
+                            kl_coef=kl_coef if cfg.kl_mode == "loss" else 0.0, ref_token_logps=ref_tok[part], kl_estimator=kl_est,
+                            use_bias_correction_kl=cfg.use_bias_correction_kl,
+                        )
+                        if entropy is not None:
+                            loss = loss - cfg.entropy_coef * pg.micro_batch_weight("bnpo", loss_mask[part], loss_mask[idx]) \
+                                * pg.aggregate_tokens(entropy, loss_mask[part], "bnpo")
+                        if values is not None:
+                            loss = loss + cfg.vf_coef * pg.micro_batch_weight("bnpo", mask[part], mask[idx]) \
+                                * pg.value_loss(values, old_values[part], returns[part], mask[part], clip=cfg.cliprange_value)
+                        if not torch.isfinite(loss):
+                            raise TrainingError(f"RL loss is {loss.item()} at step {step + 1}", "lower lr or kl_coef; the last good checkpoint is kept")
+                        loss.backward()
+                        loss_value += float(loss.detach())
+                        with torch.no_grad():
+                            ratio = pg.importance_ratio(tok.detach(), old_tok[part], loss_mask[part], cfg.importance_sampling_level)
+                            n_clipped += float((((ratio < 1 - cfg.epsilon) | (ratio > 1 + high)).expand_as(tok) & loss_mask[part]).sum())
+                    clip_fraction = n_clipped / max(float(loss_mask[idx].sum()), 1.0)
                     if cfg.max_grad_norm is not None:
                         torch.nn.utils.clip_grad_norm_(trainable.parameters(), cfg.max_grad_norm)
                     optimizer.step()
@@ -416,7 +431,7 @@ def train_rl(
             kl_ctl.update(mean_kl, len(p_ids))
             var = group_variance(rewards_pn)
             row.update({
-                "loss": float(loss.detach()),
+                "loss": loss_value,
                 "reward/proxy_mean": float(rewards_pn.mean()),
                 "reward/proxy_std": float(rewards_pn.std()) if rewards_pn.numel() > 1 else 0.0,
                 **{f"reward/{k}_mean": float(torch.cat([pp[k] for pp in kept_parts]).mean()) for k in rewards.names if len(rewards.names) > 1},
