@@ -558,12 +558,11 @@ def report(pairs: PairStats = MEASURED_PAIRS, prompts: PromptStats = MEASURED_PR
             per_group = step["saved"]
             fixed = step["peak"] - step["saved"]
             groups = int((room - fixed) // per_group) if room > fixed + per_group else 0
-            spg = -(-n_seq // (groups * w.grpo_samples)) if groups else 0
             rows.append([a.name, label.replace(", 1 GPU or DDP x8", ""), gib(st), gib(ref), gib(kv64), gib(kv_all), gib(act_all_nock),
-                         gib(act_all), gib(act_one), f"{groups} groups (steps_per_generation >= {spg})" if groups else "none fits"])
+                         gib(act_all), gib(act_one), f"{groups} groups (micro_batch_size <= {groups * w.grpo_samples})" if groups else "none fits"])
     add(table(["model", "setup (1 GPU)", "weights+grads+optimizer", "reference copy", "KV cache, 64 samples",
                f"KV cache, all {n_seq} at once", "activations, whole step", "same, ckpt", "activations, 1 group (ckpt)",
-               "largest mini-batch in 72 GiB (ckpt)"], rows))
+               "largest micro-batch in 72 GiB (ckpt)"], rows))
 
     # --- FLOPs
     add(f"\n### FLOPs (PFLOP = 1e15)\n")
