@@ -260,7 +260,7 @@ def row(entropy=2.0, length=100.0, kl=0.0, proxy=0.0, **extra):
 
 
 def test_monitor_fires_entropy_collapse_once():
-    mon = HackingMonitor()
+    mon = HackingMonitor(window=3)
     # entropy [2, 2, 2, 1, 1, 1, 0.4, ...]; at the 9th row: first 2, last 0.4 -> drop 0.8
     ents = [2.0, 2.0, 2.0, 1.0, 1.0, 1.0, 0.4, 0.4]
     for e in ents:
@@ -275,7 +275,7 @@ def test_monitor_fires_entropy_collapse_once():
 
 
 def test_monitor_fires_each_alarm_once_and_independently():
-    mon = HackingMonitor()
+    mon = HackingMonitor(window=3)
     # lengths drift from step 1 (100 -> 200) while entropy holds; entropy collapses later
     seen = []
     lengths = [100, 100, 100, 150, 150, 150, 200, 200, 200, 200, 200, 200]
@@ -290,7 +290,7 @@ def test_monitor_fires_each_alarm_once_and_independently():
 
 
 def test_monitor_kl_alarm_from_rows():
-    mon = HackingMonitor()
+    mon = HackingMonitor(window=3)
     proxies = [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.2, 1.2, 1.2]
     names = []
     for k, r in zip(KL_UP, proxies):
@@ -300,7 +300,7 @@ def test_monitor_kl_alarm_from_rows():
 
 
 def test_monitor_ignores_rows_without_a_proxy_reward():
-    mon = HackingMonitor()
+    mon = HackingMonitor(window=3)
     for e in [2.0, 2.0, 2.0, 1.0, 1.0, 1.0, 0.4, 0.4]:
         mon.update(row(entropy=e))
     # a row without reward/proxy_mean (a step that skipped its update) adds nothing
@@ -310,7 +310,7 @@ def test_monitor_ignores_rows_without_a_proxy_reward():
 
 
 def test_monitor_tolerates_missing_metrics_in_rows():
-    mon = HackingMonitor()
+    mon = HackingMonitor(window=3)
     ents = [2.0, 2.0, 2.0, 1.0, 1.0, 1.0, 0.4, 0.4, 0.4]
     found = []
     for e in ents:
@@ -324,20 +324,20 @@ def test_monitor_tolerates_missing_metrics_in_rows():
 def test_monitor_resumed_history_counts_and_fired_alarms_stay_quiet():
     history = [row(entropy=e) for e in [2.0, 2.0, 2.0, 1.0, 1.0, 1.0, 0.4, 0.4]]
     # resumed with 8 rows of history: one more collapsed row completes the windows
-    resumed = HackingMonitor(history)
+    resumed = HackingMonitor(history, window=3)
     assert len(resumed.series["entropy"]) == 8
     assert [p.name for p in resumed.update(row(entropy=0.4))] == ["entropy collapse"]
     # the same history, but the previous run had already logged the alarm: it does not fire again
-    already = HackingMonitor(history, fired=["entropy collapse"])
+    already = HackingMonitor(history, fired=["entropy collapse"], window=3)
     assert already.update(row(entropy=0.4)) == []
     # a fresh monitor without the history sees one row only: silent
-    assert HackingMonitor().update(row(entropy=0.4)) == []
+    assert HackingMonitor(window=3).update(row(entropy=0.4)) == []
 
 
 def test_monitor_resume_with_history_that_already_collapsed_fires_on_next_update_only():
     # The constructor replays history without returning alarms; the first update reports it.
     history = [row(entropy=e) for e in [2.0, 2.0, 2.0, 1.0, 1.0, 1.0, 0.4, 0.4, 0.4]]
-    mon = HackingMonitor(history)
+    mon = HackingMonitor(history, window=3)
     assert mon.fired == set()
     assert [p.name for p in mon.update(row(entropy=0.4))] == ["entropy collapse"]
     assert mon.update(row(entropy=0.4)) == []
@@ -353,7 +353,7 @@ def test_monitor_window_argument():
 
 
 def test_monitor_heldout_rows():
-    mon = HackingMonitor()
+    mon = HackingMonitor(window=3)
     # proxy rises 1, 2, ..., 6; an evaluation after each step. eval_train = mean of the last 3 proxies:
     # [1, (1+2)/2, (1+2+3)/3, (2+3+4)/3, 4, 5] = [1, 1.5, 2, 3, 4, 5]. Held-out [0.1, 0.3, 0.5, 0.5, 0.3, ...]
     # with window 2: at the 5th evaluation smooth = [0.1, 0.2, 0.4, 0.5, 0.4], peak 0.5 (evaluation 4),
@@ -368,7 +368,7 @@ def test_monitor_heldout_rows():
 
 
 def test_monitor_eval_row_before_any_training_row_is_ignored():
-    mon = HackingMonitor()
+    mon = HackingMonitor(window=3)
     assert mon.update({"eval/proxy_mean": 0.5}) == []
     assert mon.series["eval"] == [] and mon.series["eval_train"] == []
 

@@ -259,3 +259,24 @@ def test_micro_batches_give_the_same_update(tmp_path, lab_tiny, algorithm, loss_
         torch.testing.assert_close(finals[1][k], v, atol=1e-5, rtol=1e-5)  # Adam magnifies rounding on near-zero gradients
         moved += not torch.equal(v, lab_tiny[0].state_dict()[k])
     assert moved > 0
+
+
+HACKING = {"entropy collapse", "response-length drift", "KL outpacing reward", "held-out reward falling"}
+
+
+def test_hacking_alarms_fire_on_a_gamed_reward_and_stay_silent_on_a_healthy_run(tmp_path, lab_tiny):
+    """30 RLOO steps. Rewarding short answers at a high learning rate collapses the policy's entropy and its
+    length; the gold reward with kl_coef 0.2 fires no alarm (seeds 0-2 checked when the detectors were tuned; with
+    kl_coef 0.05 two of three seeds fire "KL outpacing reward", rightly: their reward fell 0.4-0.5 while the KL rose)."""
+    def pitfalls(name: str) -> dict[str, dict]:
+        path = tmp_path / name / "pitfalls.jsonl"
+        return {p["name"]: p for p in map(json.loads, path.read_text().splitlines())} if path.exists() else {}
+
+    model, tok, cfg = rl(tmp_path, lab_tiny, "gamed", steps=30, prompts_per_step=8, samples_per_prompt=4, lr=1e-3)
+    train_rl(cfg, model=model, tokenizer=tok, prompts=PROMPTS, reward=lambda p, r: [-len(x.split()) / 10 for x in r], log=lambda *a: None)
+    gamed = pitfalls("gamed")
+    assert {"entropy collapse", "response-length drift"} <= set(gamed), gamed
+    assert all(gamed[n]["mitigation"] for n in HACKING & set(gamed))
+    model, tok, cfg = rl(tmp_path, lab_tiny, "healthy", steps=30, prompts_per_step=8, samples_per_prompt=4, kl_coef=0.2, seed=0)
+    train_rl(cfg, model=model, tokenizer=tok, prompts=PROMPTS, eval_prompts=PROMPTS[:8], reward=gold_rewards, log=lambda *a: None)
+    assert not HACKING & set(pitfalls("healthy")), pitfalls("healthy")

@@ -34,6 +34,15 @@ def _window_means(values: Sequence[float], window: int) -> tuple[float, float, f
     return mean(values[:window]), mean(values[mid : mid + window]), mean(values[-window:])
 
 
+def _window_noise(values: Sequence[float], window: int) -> float:
+    """The per-step spread of a series: the pooled standard deviation inside the three windows of `_window_means`
+    (so a trend between windows is not counted as noise)."""
+    mid = len(values) // 2 - window // 2
+    parts = [values[:window], values[mid : mid + window], values[-window:]]
+    dev = [(v - sum(p) / len(p)) ** 2 for p in parts for v in p]
+    return math.sqrt(sum(dev) / max(len(dev) - len(parts), 1))
+
+
 def detect_entropy_collapse(entropy: Sequence[float], max_drop: float = 0.5, window: int = 3) -> list[Pitfall]:
     """The policy's mean token entropy fell by more than `max_drop` (a fraction) from the start:
     it has stopped exploring, often because it found one response the proxy over-rewards."""
@@ -64,18 +73,25 @@ def detect_kl_outpacing_reward(kl: Sequence[float], proxy: Sequence[float], wind
     """The KL keeps rising but buys little proxy reward: the proxy gained per unit of sqrt(KL) from
     the middle window to the last fell below `min_efficiency` of the gain from the first window to
     the middle. Both rises of sqrt(KL) must reach `min_kl_rise`, or a near-zero first rise would make
-    any later efficiency look small. Gao et al.'s curves bend this way before the gold reward turns
-    down; `size` is the efficiency lost (a fraction)."""
+    any later efficiency look small, and the late rise must be at least half the early one: a KL that
+    settles while the reward plateaus is a run converging, not one being gamed. The early gain and the late
+    shortfall must both stand out of the proxy's per-step noise (two standard errors). Gao et al.'s curves bend
+    this way before the gold reward turns down; `size` is the efficiency lost (a fraction)."""
     pairs = [(k, p) for k, p in zip(kl, proxy) if k is not None and p is not None and math.isfinite(k) and math.isfinite(p)]
     d = _window_means([math.sqrt(max(k, 0.0)) for k, _ in pairs], window)
     r = _window_means([p for _, p in pairs], window)
     if d is None or r is None:
         return []
     rise1, rise2 = d[1] - d[0], d[2] - d[1]
-    if rise1 < min_kl_rise or rise2 < min_kl_rise:
+    if rise1 < min_kl_rise or rise2 < max(min_kl_rise, 0.5 * rise1):  # a KL that settles is no alarm
         return []
     eff1, eff2 = (r[1] - r[0]) / rise1, (r[2] - r[1]) / rise2
     if eff1 <= 0 or eff2 >= min_efficiency * eff1:
+        return []
+    # Differences of window means of a noisy proxy: the early gain and the late shortfall must each exceed two
+    # standard errors, or per-step noise (RL's proxy means swing by tenths on small batches) fires the alarm.
+    se = _window_noise([p for _, p in pairs], window) * math.sqrt(2 / window)
+    if r[1] - r[0] <= 2 * se or min_efficiency * eff1 * rise2 - (r[2] - r[1]) <= 2 * se:
         return []
     lost = 1 - eff2 / eff1
     return [Pitfall("KL outpacing reward", lost,
@@ -109,7 +125,7 @@ class HackingMonitor:
     evaluation points, `eval/proxy_mean`. A resumed run passes the rows and alarm names it logged.
     """
 
-    def __init__(self, rows: Iterable[Mapping[str, Any]] = (), fired: Iterable[str] = (), window: int = 3):
+    def __init__(self, rows: Iterable[Mapping[str, Any]] = (), fired: Iterable[str] = (), window: int = 5):
         self.series: dict[str, list[float]] = {"entropy": [], "response_length": [], "kl": [], "proxy": [], "eval_train": [], "eval": []}
         self.fired, self.window = set(fired), window
         for row in rows:
@@ -126,7 +142,10 @@ class HackingMonitor:
     def update(self, row: Mapping[str, Any]) -> list[Pitfall]:
         """Add one step's row; the pitfalls newly detected."""
         self._add(row)
-        s, w = self.series, self.window
+        # Windows grow with the run (a quarter of it, at least `window` points): RL's per-step means are noisy,
+        # and three-point windows compared early in a healthy run flagged its normal slowing down.
+        s = self.series
+        w = max(self.window, len(s["proxy"]) // 4)
         found = (detect_entropy_collapse(s["entropy"], window=w) + detect_length_drift(s["response_length"], window=w)
                  + detect_kl_outpacing_reward(s["kl"], s["proxy"], window=w) + detect_heldout_divergence(s["eval_train"], s["eval"]))
         new = [p for p in found if p.name not in self.fired]
