@@ -24,14 +24,21 @@ from alignscope.errors import AlignscopeError, OutputError
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; when the block succeeds, rename it over `path`."""
     path = Path(path)
+    made = [p for p in [path.parent, *path.parent.parents] if not p.exists()]  # folders this write creates
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)
-    except AlignscopeError:
-        raise
-    except Exception as e:
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        for folder in made:  # innermost first: a failed write leaves no empty folder behind
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        if isinstance(e, AlignscopeError) or not isinstance(e, Exception):
+            raise
         old = "the previous file is kept" if path.exists() else "nothing was written"
         raise OutputError(f"could not write {path} ({type(e).__name__}: {e}); {old}",
                           "check the free disk space and the folder's permissions, then run the command again") from None

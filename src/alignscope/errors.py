@@ -45,6 +45,11 @@ class DataError(AlignscopeError):
         self.problem = problem  # without the location, so the error can be re-located
 
 
+class RewardError(ConfigError):
+    """User reward code failed: it raised, took too long, or returned something other than one finite number per
+    response. Names the function, the prompt it failed on where one is to blame, and the fix."""
+
+
 class ModelError(AlignscopeError):
     """A model or tokenizer cannot be loaded or used as asked."""
 

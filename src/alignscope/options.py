@@ -13,12 +13,13 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
-from alignscope.errors import ConfigError, did_you_mean
+from alignscope.errors import ConfigError, closest, did_you_mean, edit_distance
 
 T = TypeVar("T")
 
@@ -32,11 +33,16 @@ def opt(default: Any, help: str, *, ge: float | None = None, gt: float | None = 
     return dataclasses.field(default=default, metadata=meta)
 
 
+def _num(x: float) -> str:
+    """A bound as written: whole numbers in full (2^32 is 4294967296, not 4.29497e+09), others in short form."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
+
+
 def range_text(f: dataclasses.Field) -> str:
     """'>= 0', '(0, 1]', ... for a field declared with bounds; '' when it has none."""
     ge, gt, le, lt = f.metadata.get("bounds", (None, None, None, None))
-    low = f"[{ge:g}" if ge is not None else f"({gt:g}" if gt is not None else None
-    high = f"{le:g}]" if le is not None else f"{lt:g})" if lt is not None else None
+    low = f"[{_num(ge)}" if ge is not None else f"({_num(gt)}" if gt is not None else None
+    high = f"{_num(le)}]" if le is not None else f"{_num(lt)})" if lt is not None else None
     if low and high:
         return f"in {low}, {high}"
     if low:
@@ -245,6 +251,27 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+# Hugging Face / TRL argument names whose alignscope key is spelled otherwise (offered only where the key exists).
+OTHER_NAMES = {"learning_rate": "lr", "per_device_train_batch_size": "batch_size", "train_batch_size": "batch_size",
+               "gradient_accumulation_steps": "grad_accum", "num_train_epochs": "epochs", "max_seq_length": "max_length",
+               "max_completion_length": "max_new_tokens", "num_generations": "samples_per_prompt",
+               "max_prompt_len": "max_prompt_length", "max_len": "max_length", "random_seed": "seed"}
+
+
+def _suggest(key: str, fields: Iterable[str]) -> str:
+    """Did-you-mean for a config key: Hugging Face's name for it, else the nearest key by edit distance, unless that is
+    more than one edit away and a key is a whole word of it (RL's 'steps' for 'max_steps', not 'eval_steps')."""
+    fields = list(fields)
+    if OTHER_NAMES.get(key) in fields:
+        return f" (did you mean '{OTHER_NAMES[key]}'?)"
+    near = closest(key, fields)
+    words = [f for f in fields if (key.endswith("_" + f) and "_" not in key[: -len(f) - 1])
+             or (key.startswith(f + "_") and "_" not in key[len(f) + 1:])]  # one word more: 'max' + 'steps
+    if words and (near is None or edit_distance(key.lower(), near.lower()) > 1):
+        near = max(words, key=len)
+    return f" (did you mean '{near}'?)" if near else ""
+
+
 def build_config(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass `cls` from a mapping: unknown keys, wrong types and invalid values raise ConfigError."""
     hints = typing.get_type_hints(cls)
@@ -252,10 +279,7 @@ def build_config(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            raise ConfigError(
-                f"unknown config key '{prefix}{key}'" + did_you_mean(key, fields),
-                f"valid keys: {', '.join(sorted(fields))}",
-            )
+            raise ConfigError(f"unknown config key '{prefix}{key}'" + _suggest(str(key), fields), f"valid keys: {', '.join(sorted(fields))}")
         kwargs[key] = _coerce(value, hints[key], prefix + key)
     try:
         obj = cls(**kwargs)

@@ -38,6 +38,7 @@ class Case:
     name: str
     argv: str  # split on spaces after formatting: {bad} corpus folder, {w} generated inputs, {model} tiny model
     expect: str  # must appear in the message
+    absent: str = ""  # must not appear in it (advice the message must not pass on)
 
 
 def train(method: str, extra: str, model: str = "{model}") -> str:
@@ -257,7 +258,148 @@ RUN_FOLDERS = [
 ]
 
 SECOND = READERS + SETTINGS + FLAGS + OUTPUTS + RUN_FOLDERS
-CASES = DATA + CONFIG + MODEL + CLI + SECOND
+
+
+# The gaps of the second corpus: every numeric option of the commands not checked above, user reward code that
+# fails in each way, outputs of the remaining commands, readers that merged or misread, weights that do not fit
+# their config or tokenizer, and did-you-mean over names spelled another framework's way.
+def audit(extra: str) -> str:
+    return f"audit data --model {{model}} --data {{w}}/pairs.jsonl --out ches.csv {extra}"
+
+
+def audit_rm(extra: str, rm: str = "lab:gold") -> str:
+    return f"audit rm --rm {rm} --policy {{model}} --prompts {{w}}/prompts.jsonl --n 2 --limit 2 --max-new-tokens 4 --out arm {extra}"
+
+
+def compare(extra: str, rm: str = "lab:gold") -> str:
+    return f"compare-rm --policy {{model}} --ref {{model}} --rm {rm} --pairs {{w}}/pairs.jsonl {extra}"
+
+
+def bon_rw(fn: str, cmd: str = "bon") -> str:
+    out = "best.jsonl" if cmd == "bon" else "sel.jsonl"
+    return f"{cmd} --policy {{model}} --prompts {{w}}/prompts.jsonl --reward {{w}}/rewards_bad.py:{fn} --out {out} --n 2 --max-new-tokens 4"
+
+
+RANGES = [
+    Case("compare-rm: beta 0", compare("--beta 0"), "--beta must be positive, got 0.0"),
+    Case("compare-rm: negative beta", compare("--beta -1"), "--beta must be positive, got -1.0"),
+    Case("compare-rm: NaN beta", compare("--beta nan"), "--beta must be positive, got nan"),
+    Case("compare-rm: zero batch size", compare("--beta 0.1 --batch-size 0"), "--batch-size must be at least 1, got 0"),
+    Case("compare-rm: negative limit", compare("--beta 0.1 --limit -1"), "--limit must be at least 1, got -1"),
+    Case("audit data: negative limit", audit("--limit -1"), "--limit must be at least 1, got -1"),
+    Case("audit data: zero batch size", audit("--batch-size 0"), "--batch-size must be at least 1, got 0"),
+    Case("audit data: max length 1", audit("--max-length 1"), "--max-length must be at least 2, got 1"),
+    Case("audit rm: one sample per prompt", audit_rm("").replace("--n 2", "--n 1"), "--n must be at least 2, got 1"),
+    Case("audit rm: NaN threshold", audit_rm("--threshold nan"), "--threshold must be at least 0, got nan"),
+    Case("demo: negative seed", "demo --seed -1", "argument --seed: must be >= 0, got -1"),
+    Case("DPO beta 0", train("dpo", "data={w}/pairs.jsonl beta=0"), "'beta' must be > 0, got 0"),
+    Case("infinite learning rate", train("dpo", "data={w}/pairs.jsonl lr=inf"), "'lr' must be a finite number, got inf"),
+    Case("warmup ratio 1", train("dpo", "data={w}/pairs.jsonl warmup_ratio=1"), "'warmup_ratio' must be in [0, 1), got 1"),
+    Case("label smoothing 1", train("dpo", "data={w}/pairs.jsonl label_smoothing=1"), "'label_smoothing' must be in [0, 1)"),
+    Case("eval fraction 1", train("dpo", "data={w}/pairs.jsonl eval_fraction=1"), "'eval_fraction' must be in [0, 1), got 1"),
+    Case("keep_last 0", train("dpo", "data={w}/pairs.jsonl keep_last=0"), "'keep_last' must be >= 1, got 0"),
+    Case("save_steps 0", train("dpo", "data={w}/pairs.jsonl save_steps=0"), "'save_steps' must be >= 1, got 0"),
+    Case("max_length 0", train("sft", "data={w}/pairs.jsonl max_length=0"), "'max_length' must be >= 1, got 0"),
+    Case("LoRA alpha 0", train("dpo", "data={w}/pairs.jsonl lora.alpha=0"), "'lora.alpha' must be >= 1, got 0"),
+    Case("LoRA dropout 1", train("dpo", "data={w}/pairs.jsonl lora.dropout=1"), "'lora.dropout' must be in [0, 1), got 1"),
+    Case("seed of 2^32", train("dpo", "data={w}/pairs.jsonl seed=4294967296"), "'seed' must be in [0, 4294967296), got 4294967296"),
+    Case("RL: top_p 0", rl("top_p=0"), "'top_p' must be in (0, 1], got 0"),
+    Case("RL: zero samples per prompt", rl("samples_per_prompt=0"), "'samples_per_prompt' must be >= 1, got 0"),
+    Case("RL: negative max_new_tokens", rl("max_new_tokens=-1"), "'max_new_tokens' must be >= 1, got -1"),
+    Case("RL: zero reward timeout", rl("reward_timeout=0"), "'reward_timeout' must be > 0, got 0"),
+    Case("RL: negative entropy bonus", rl("entropy_coef=-0.01"), "'entropy_coef' must be >= 0, got -0.01"),
+]
+
+REWARD_CODE = [
+    Case("RL: reward import fails (missing dependency)", rl("").replace("reward=lab:gold", "reward={w}/reward_needs_dep.py:score"),
+         "raised ModuleNotFoundError: No module named 'alignscope_no_such_dep' at {w}/reward_needs_dep.py, line 2"),
+    Case("RL: reward module raises at import", rl("").replace("reward=lab:gold", "reward={w}/reward_import_raises.py:score"),
+         "importing the reward module of '{w}/reward_import_raises.py:score' raised RuntimeError: no API key"),
+    Case("RL: reward of one argument", rl("").replace("reward=lab:gold", "reward={w}/rewards_bad.py:one_arg"),
+         "is one_arg(responses), which cannot be called as fn(prompts, responses)"),
+    Case("RL: reward with keyword-only arguments", rl("").replace("reward=lab:gold", "reward={w}/rewards_bad.py:kw_only"),
+         "is kw_only(*, prompts, completions), which cannot be called"),
+    Case("RL: reward of three required arguments", rl("").replace("reward=lab:gold", "reward={w}/rewards_bad.py:three"),
+         "missing a required argument: 'answers'"),
+    Case("RL: reward that is a class", rl("").replace("reward=lab:gold", "reward={w}/rewards_bad.py:NotAFunction"),
+         "cannot be called as fn(prompts, responses)"),
+    Case("bon: reward of one argument", bon_rw("one_arg"), "cannot be called as fn(prompts, responses)"),
+    Case("bon: reward raises", bon_rw("raises"), "raised KeyError: 'score' on the response"),
+    Case("bon: reward raises on one prompt", bon_rw("raises_on_sky"), "raised ValueError: no sky on the response"),
+    Case("bon: reward returns text", bon_rw("strings"), "returned a str ('good') for the response"),
+    Case("bon: reward returns NaN", bon_rw("nan"), "returned a non-finite value (nan) for the response"),
+    Case("bon: reward returns too few values", bon_rw("too_few"), "returned 1 values for 32 responses (first prompt 'Is the cat fine? (0)')"),
+    Case("select-prompts: reward raises", bon_rw("raises", "select-prompts"), "raised KeyError: 'score' on the response"),
+    Case("audit rm: reward raises", audit_rm("", rm="{w}/rewards_bad.py:raises"), "raised KeyError: 'score' on the response"),
+    Case("compare-rm: reward raises", compare("--beta 0.1", rm="{w}/rewards_bad.py:raises"), "raised KeyError: 'score' on the response 'yes it is good'"),
+    Case("compare-rm: reward import fails", compare("--beta 0.1", rm="{w}/reward_needs_dep.py:score"), "pip install alignscope_no_such_dep"),
+]
+
+OUTPUTS_2 = [
+    Case("demo: --out is a file", "demo --out {w}/a_file", "--out '{w}/a_file' is a file, not a folder"),
+    Case("demo: --out holds other files", "demo --out {w}/precious", "holds files that the demo did not write"),
+    Case("demo: --out under a file", "demo --out {w}/a_file/demo", "lies under '{w}/a_file', which is a file"),
+    Case("audit data: --filtered-out is a folder", audit("--filter drop:0.1 --filtered-out {w}/plain_folder"), "--filtered-out {w}/plain_folder is a folder"),
+    Case("audit data: --filtered-out without --filter", audit("--filtered-out kept.jsonl"), "--filtered-out was given without --filter"),
+    Case("audit data: --out table is a folder", audit("").replace("--out ches.csv", "--out {w}/dir.csv"), "--out {w}/dir.csv is a folder"),
+    Case("audit data: --out under a file", audit("").replace("--out ches.csv", "--out {w}/a_file/audit"), "cannot be written (no permission, or a parent is a file)"),
+    Case("audit rm: --out is a file", audit_rm("").replace("--out arm", "--out {w}/a_file"), "--out {w}/a_file is a file, but a folder is needed"),
+    Case("compare-rm: --out under a file", compare("--beta 0.1 --out {w}/a_file/c.json"), "cannot be written (no permission, or a parent is a file)"),
+    Case("compare-rm: --out of another type", compare("--beta 0.1 --out result.txt"), "--out result.txt must end in .json"),
+    Case("empty output_dir", train("dpo", "data={w}/pairs.jsonl").replace("output_dir=run", "output_dir="), "output_dir is empty"),
+    Case("RL: empty output_dir", rl("").replace("output_dir=run", "output_dir="), "output_dir is empty"),
+    Case("ref_cache_dir is a file", train("dpo", "data={w}/pairs.jsonl ref_cache_dir={w}/a_file"), "ref_cache_dir '{w}/a_file' is a file, not a folder"),
+    Case("ref_cache_dir under a file", train("dpo", "data={w}/pairs.jsonl ref_cache_dir={w}/a_file/cache"),
+         "ref_cache_dir '{w}/a_file/cache' lies under '{w}/a_file', which is a file"),
+]
+
+READERS_2 = [
+    Case("CSV: column named twice in the header", train("dpo", "data={w}/dup_header.csv"), "line 1: the header names the column 'chosen' twice (columns 2 and 3)"),
+    Case("gzip: trailing garbage", train("dpo", "data={w}/trailing_garbage.jsonl.gz"), "cannot decompress: Not a gzipped file"),
+    Case("gzip: corrupt after many good rows", train("dpo", "data={w}/late_corrupt.jsonl.gz"), "cannot decompress"),
+    Case("inspect: gzip corrupt after many good rows", "data inspect {w}/late_corrupt.jsonl.gz --tokenizer {model} --no-progress", "cannot decompress"),
+    Case("CSV: header only", train("dpo", "data={w}/header_only.csv"), "the dataset has no records"),
+    Case("JSON overflow to inf", train("dpo", "data={w}/inf_margin.jsonl"), "field 'margin': is inf"),
+    Case("KTO label 2", train("kto", "data={w}/kto_label_2.jsonl"), "field 'label': label must be boolean, got 2"),
+    Case("CSV: invalid UTF-8 after many good rows", train("dpo", "data={w}/late_latin1.csv"), "line 502: invalid UTF-8"),
+    Case("CSV: unclosed quote after many good rows", train("dpo", "data={w}/late_unclosed.csv"), "line 402: a quoted cell opens on this row and is never closed"),
+    Case("inspect: --map of a column no row has", "data inspect {w}/pairs.jsonl --map chosen=answer --no-progress", "--map chosen=answer: the data has no column 'answer'"),
+]
+
+WEIGHTS = [
+    Case("weights of another shape than the config", train("dpo", "data={w}/pairs.jsonl", model="{w}/wrong_shape"),
+         "do not match its config.json: 3 tensor(s) have another shape than config.json gives"),
+    Case("weights missing tensors the config needs", train("dpo", "data={w}/pairs.jsonl", model="{w}/missing_tensors"),
+         "3 tensor(s) the config needs are not in the weights"),
+    Case("weights with tensors the config has no place for", train("dpo", "data={w}/pairs.jsonl", model="{w}/extra_tensors"),
+         "1 tensor(s) in the weights have no place in the config (e.g. model.layers.5.mlp.up_proj.weight)"),
+    Case("reference weights of another shape", train("dpo", "data={w}/pairs.jsonl ref_model={w}/wrong_shape"), "do not match its config.json"),
+    Case("audit: weights of another shape", audit("").replace("{model}", "{w}/wrong_shape"), "do not match its config.json"),
+    Case("tokenizer larger than the embedding (SFT)", train("sft", "data={w}/pairs.jsonl", model="{w}/small_vocab"),
+         "is outside the model's embedding, which has 200 rows: the tokenizer (300 tokens) is larger"),
+    Case("tokenizer larger than the embedding (bon)", bon("--n 2 --max-new-tokens 4").replace("{model}", "{w}/small_vocab"),
+         "outside the model's embedding, which has 200 rows"),
+    Case("tokenizer larger than the embedding (audit)", audit("").replace("{model}", "{w}/small_vocab"), "outside the model's embedding, which has 200 rows"),
+    Case("pickle weights that would run code", train("dpo", "data={w}/pairs.jsonl", model="{w}/pickle_payload"),
+         "which alignscope does not unpickle, since unpickling can run code (it refers to posix.system, which is not a tensor type)",
+         absent="weights_only"),
+    Case("pickle weights with an unknown class", train("dpo", "data={w}/pairs.jsonl", model="{w}/pickle_class"),
+         "(it refers to argparse.Namespace, which is not a tensor type)", absent="allowlist"),
+    Case("pickle weights truncated", train("dpo", "data={w}/pairs.jsonl", model="{w}/pickle_truncated"), "cannot read the weights of"),
+]
+
+NAMES = [
+    Case("did you mean: RL max_steps", rl("max_steps=3"), "unknown config key 'max_steps' (did you mean 'steps'?)"),
+    Case("did you mean: learning_rate", train("dpo", "data={w}/pairs.jsonl learning_rate=1e-5"), "unknown config key 'learning_rate' (did you mean 'lr'?)"),
+    Case("did you mean: TRL's num_generations", rl("num_generations=4"), "(did you mean 'samples_per_prompt'?)"),
+    Case("did you mean: gradient_accumulation_steps", train("sft", "data={w}/pairs.jsonl gradient_accumulation_steps=2"), "(did you mean 'grad_accum'?)"),
+    Case("did you mean: --tokenzier", "data inspect {w}/pairs.jsonl --tokenzier x", "--tokenzier is not an option (did you mean '--tokenizer'?)"),
+    Case("did you mean: inspect --format", "data inspect {w}/pairs.jsonl --format pairwize --no-progress", "unknown format 'pairwize' (did you mean 'pairwise'?)"),
+    Case("did you mean: audit --on-error choice", "audit data --model {model} --data {w}/pairs.jsonl --on-error fial", "(did you mean 'fail'?)"),
+]
+
+THIRD = RANGES + REWARD_CODE + OUTPUTS_2 + READERS_2 + WEIGHTS + NAMES
+CASES = DATA + CONFIG + MODEL + CLI + SECOND + THIRD
 
 
 def _save_tiny(path: Path, tok, **kw) -> Path:
@@ -306,6 +448,7 @@ def world(tmp_path_factory) -> dict[str, str]:
     GPT2LMHeadModel(gpt2).save_pretrained(w / "gpt2_8pos")
     AutoTokenizer.from_pretrained(model).save_pretrained(w / "gpt2_8pos")
     _second_corpus(w, model)
+    _third_corpus(w, model)
     return {"bad": str(BAD), "w": str(w), "model": str(model), "ppid": str(os.getppid()), "host": socket.gethostname()}
 
 
@@ -359,6 +502,118 @@ def _second_corpus(w: Path, model: Path) -> None:
     (w / "bad_saved_config" / rf.CONFIG).write_text("{not json")
 
 
+REWARDS_BAD = """
+import math
+
+
+def one_arg(responses):
+    return [1.0] * len(responses)
+
+
+def kw_only(*, prompts, completions):
+    return [1.0] * len(completions)
+
+
+def three(prompts, responses, answers):
+    return [1.0] * len(responses)
+
+
+class NotAFunction:
+    def __init__(self):
+        pass
+
+
+def raises(prompts, responses):
+    raise KeyError("score")
+
+
+def raises_on_sky(prompts, responses):
+    if any("sky" in p for p in prompts):
+        raise ValueError("no sky")
+    return [1.0] * len(responses)
+
+
+def strings(prompts, responses):
+    return ["good"] * len(responses)
+
+
+def nan(prompts, responses):
+    return [math.nan] * len(responses)
+
+
+def too_few(prompts, responses):
+    return [1.0]
+"""
+
+
+class _Payload:
+    """Unpickling this would run `touch`: the weights file of a malicious model folder."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _third_corpus(w: Path, model: Path) -> None:
+    """Issue #21's remaining inputs: weights that do not fit their config or tokenizer, pickled weights, reward code
+    that fails in each way, files whose fault comes after many good rows, and a folder the demo must not replace."""
+    import argparse
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(model / "model.safetensors"))
+
+    def variant(name: str, state: dict | None = None, **config) -> Path:
+        folder = w / name
+        shutil.copytree(model, folder)
+        if config:
+            cfg = json.loads((folder / "config.json").read_text())
+            (folder / "config.json").write_text(json.dumps({**cfg, **config}))
+        if state is not None:
+            save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        return folder
+
+    cfg = json.loads((model / "config.json").read_text())
+    variant("wrong_shape", intermediate_size=2 * cfg["intermediate_size"])
+    variant("missing_tensors", {k: v for k, v in tensors.items() if ".mlp." not in k})
+    variant("extra_tensors", {**tensors, "model.layers.5.mlp.up_proj.weight": torch.zeros(3, 3)})
+    variant("small_vocab", {k: (v[:200].contiguous() if v.shape[0] == cfg["vocab_size"] else v) for k, v in tensors.items()},
+            vocab_size=200)
+    for name, extra in (("pickle_payload", {"x": _Payload(str(w / "pwned"))}), ("pickle_class", {"x": argparse.Namespace(a=1)})):
+        folder = variant(name)
+        (folder / "model.safetensors").unlink()
+        torch.save({**tensors, **extra}, folder / "pytorch_model.bin")
+    folder = variant("pickle_truncated")
+    (folder / "model.safetensors").unlink()
+    torch.save(dict(tensors), folder / "pytorch_model.bin")
+    data = (folder / "pytorch_model.bin").read_bytes()
+    (folder / "pytorch_model.bin").write_bytes(data[: len(data) // 2])
+
+    (w / "rewards_bad.py").write_text(REWARDS_BAD)
+    (w / "reward_needs_dep.py").write_text("import math\nimport alignscope_no_such_dep\n\n\ndef score(prompts, responses):\n    return [0.0] * len(responses)\n")
+    (w / "reward_import_raises.py").write_text("raise RuntimeError('no API key')\n\n\ndef score(prompts, responses):\n    return [0.0] * len(responses)\n")
+    (w / "precious").mkdir()
+    (w / "precious" / "thesis.tex").write_text("years of work\n")
+    (w / "dir.csv").mkdir()
+
+    good = json.dumps(GOOD_PAIRS[0]) + "\n"
+    (w / "dup_header.csv").write_text("prompt,chosen,chosen,rejected\nq1,yes,maybe,no\n")
+    (w / "header_only.csv").write_text("prompt,chosen,rejected\n")
+    (w / "trailing_garbage.jsonl.gz").write_bytes(gzip.compress(good.encode()) + b"garbage!")
+    big = "".join(json.dumps({**GOOD_PAIRS[i % 16], "prompt": f"question {i}?"}) + "\n" for i in range(3000)).encode()
+    z = bytearray(gzip.compress(big))
+    z[len(z) - 200 : len(z) - 150] = bytes(range(50))  # near the end of the stream: thousands of rows read well first
+    (w / "late_corrupt.jsonl.gz").write_bytes(bytes(z))
+    (w / "inf_margin.jsonl").write_text('{"prompt": "q", "chosen": "a", "rejected": "b", "margin": 1e400}\n')
+    (w / "kto_label_2.jsonl").write_text('{"prompt": "q", "completion": "a", "label": 2}\n')
+    rows = "".join(f"q{i},yes,no\n" for i in range(500))
+    (w / "late_latin1.csv").write_bytes(("prompt,chosen,rejected\n" + rows).encode() + b"caf\xe9,yes,no\n")
+    (w / "late_unclosed.csv").write_text("prompt,chosen,rejected\n" + rows[: rows.index("q400,")] + 'q400,"yes,no\nq401,yes,no\n')
+
+
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:
     try:
         code = main(argv)
@@ -385,10 +640,17 @@ def test_bad_input(case: Case, world, tmp_path, monkeypatch, capsys):
     code, text = run_cli(case.argv.format(**world).split(), capsys)
     assert code == 2, text[-2000:]
     assert case.expect.format(**world) in text, text[-2000:]
+    assert not case.absent or case.absent not in text, text[-2000:]
     assert "Traceback" not in text
     assert len(text) < 20_000, "the message must not echo the bad input"
     assert files_under(tmp_path) == [], "a failed command must leave nothing behind"
     assert not [f for f in files_under(Path(world["w"])) if f.endswith(".tmp")]
+
+
+def test_refused_inputs_ran_no_code_and_kept_every_file(world):
+    """After every case: the pickled weights' payload never ran, and the folder the demo refused is untouched."""
+    assert not (Path(world["w"]) / "pwned").exists()
+    assert (Path(world["w"]) / "precious" / "thesis.tex").read_text() == "years of work\n"
 
 
 def test_every_row_rejected_names_its_rejects_file(world, tmp_path, monkeypatch, capsys):
@@ -419,7 +681,7 @@ def test_handled_not_refused(world, tmp_path, monkeypatch, capsys):
     assert (tmp_path / "run" / "final" / "model.safetensors").exists()
 
 
-REAL_PROCESS = ["malformed JSON line", "output path under a file"]  # a user error, and a file-system error
+REAL_PROCESS = ["malformed JSON line", "output path under a file", "pickle weights that would run code"]  # a user error, a file-system error, a model error
 
 
 @pytest.mark.slow

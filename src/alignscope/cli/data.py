@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_inspect(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from alignscope.data.inspect import collect, format_report, summarize
+    from alignscope.data.inspect import StreamInspection, format_report
     from alignscope.data.loader import parse_mapping
     from alignscope.models.loading import load_tokenizer
 
@@ -49,10 +49,11 @@ def run_inspect(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if path.is_file():
         say(f"reading {path} ({path.stat().st_size / 1e6:.1f} MB)")
-    # Data problems are reported before the (slower) tokenizer is loaded.
-    ins = collect(args.file, format=args.format, mapping=parse_mapping(args.map), limit=args.limit, split=args.split)
-    say(f"read {ins.n_rows} rows: {len(ins.examples)} valid, {len(ins.errors)} with problems")
-    report = summarize(ins, load_tokenizer(args.tokenizer), progress=args.progress)
+    # The file is read as it is inspected (bounded memory); problems of the whole file (its format, the columns
+    # --map names) are reported from its head, before the (slower) tokenizer is loaded.
+    ins = StreamInspection(args.file, format=args.format, mapping=parse_mapping(args.map), limit=args.limit, split=args.split)
+    report = ins.run(load_tokenizer(args.tokenizer), progress=args.progress)
+    say(f"read {report['rows']} rows: {report['valid']} valid, {report['problems_total']} with problems")
     print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_report(report))
     if not report["valid"]:
         print(f"alignscope: no row of {report['rows']} is valid\n  fix: see the problems above", file=sys.stderr)

@@ -151,7 +151,21 @@ def _unicode(value: str, field: str) -> str:
     return value
 
 
+def cell_text(value: Any) -> Any:
+    """A CSV cell that parsed as JSON but is not chat messages (a response such as '[1, 2, 3]' or '{x}') is the text
+    it was: only a field that takes messages or numbers reads the parsed value (`sources.CellList`)."""
+    text = getattr(value, "csv_text", None)
+    if text is None:
+        return value
+    if isinstance(value, dict) and ("role" in value or "from" in value):
+        return value
+    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
+        return value
+    return text
+
+
 def _text(value: Any, field: str) -> str:
+    value = cell_text(value)
     if not isinstance(value, str):
         raise bad(f"expected text, got {type(value).__name__} ({str(value)[:40]!r})", "store this field as a string",
                   field=field, kind="type")
@@ -212,6 +226,7 @@ def parse_hh(text: str, field: str) -> list[Message]:
 
 
 def _prompt(value: Any, field: str = "prompt") -> Prompt:
+    value = cell_text(value)
     if isinstance(value, str):
         return _text(value, field)
     msgs = messages(value, field)
@@ -234,6 +249,7 @@ def _last_assistant(msgs: list[Message], field: str) -> str:
 
 def _response(value: Any, field: str) -> str:
     """A response: text, one assistant message, or a message list ending with the assistant's turn."""
+    value = cell_text(value)
     if isinstance(value, dict):
         m = message(value, field)
         if m["role"] != "assistant":

@@ -11,13 +11,13 @@ import bisect
 import codecs
 import csv
 import gzip
-import io
 import json
+import re
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from alignscope.errors import DataError, did_you_mean
 
@@ -45,6 +45,40 @@ class RawData:
     @property
     def n_rows(self) -> int:
         return len(self.rows) + len(self.errors)
+
+
+Item = Union[RawRow, "tuple[DataError, RawRow]"]  # a row, or a row that could not be read and its error
+
+
+class RowStream:
+    """The rows of one source in file order, read as they are consumed: JSON Lines and CSV (gzipped or not) and
+    Parquet are read a line or a batch at a time, so memory does not grow with the file. Each item is a `RawRow`,
+    or `(DataError, RawRow)` for a row that cannot be read; an error that stops the whole read (a corrupt gzip
+    stream, a CSV quote never closed) is raised when it is reached. `size` and `position()` are bytes of the file
+    as stored (compressed for .gz), for progress."""
+
+    def __init__(self, source: str, items: Iterable[Item], size: int = 0, position: Callable[[], int] | None = None):
+        self.source, self.size = source, size
+        self._items = iter(items)
+        self.position = position or (lambda: size)
+
+    def __iter__(self) -> Iterator[Item]:
+        return self._items
+
+
+def collect_rows(stream: RowStream) -> RawData:
+    """Everything a stream holds, as `RawData`."""
+    out = RawData([], [], stream.source)
+    for item in stream:
+        if isinstance(item, RawRow):
+            out.rows.append(item)
+        else:
+            out.errors.append(item)
+    return out
+
+
+def _in_line_order(data: RawData) -> list[Item]:
+    return sorted([*data.rows, *data.errors], key=lambda x: x.line if isinstance(x, RawRow) else x[1].line)
 
 
 class _DuplicateKey(ValueError):
@@ -83,14 +117,50 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
+def _decompress_error(e: Exception, path: Path) -> DataError:
+    return DataError(f"cannot decompress: {e}", "check that the file is a complete gzip file", source=str(path))
+
+
+GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)  # bad header or trailing garbage, truncated, corrupt stream
+
+
 def _read_bytes(path: Path) -> bytes:
     raw = path.read_bytes()
     if path.name.lower().endswith(".gz"):
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:  # truncated (EOFError), bad header (BadGzipFile), corrupt stream (zlib.error)
-            raise DataError(f"cannot decompress: {e}", "check that the file is a complete gzip file", source=str(path)) from None
+        except GZIP_ERRORS as e:
+            raise _decompress_error(e, path) from None
     return raw[len(codecs.BOM_UTF8):] if raw.startswith(codecs.BOM_UTF8) else raw
+
+
+def _lines(path: Path) -> tuple[Iterator[bytes], Callable[[], int]]:
+    """The file's lines, split on b"\\n" only and each with its b"\\n", decompressed as they are read for .gz (a
+    corrupt stream is a `DataError` where it is reached); the UTF-8 BOM of the first line dropped. Also a function
+    giving how many bytes of the stored file have been read."""
+    f = open(path, "rb")  # noqa: SIM115 (closed by the generator, when it ends or is discarded)
+    gz = path.name.lower().endswith(".gz")
+
+    def gen() -> Iterator[bytes]:
+        try:
+            stream = gzip.GzipFile(fileobj=f) if gz else f
+            first = True
+            try:
+                for line in stream:
+                    if first:
+                        first = False
+                        if line.startswith(codecs.BOM_UTF8):
+                            line = line[len(codecs.BOM_UTF8):]
+                    yield line
+            except GZIP_ERRORS as e:
+                if not gz:
+                    raise
+                raise _decompress_error(e, path) from None
+        finally:
+            f.close()
+
+    size = path.stat().st_size
+    return gen(), lambda: size if f.closed else f.tell()
 
 
 def _utf8_error(line_bytes: bytes, offset: int, source: str, line: int) -> DataError:
@@ -107,40 +177,49 @@ def _decode_all(raw: bytes, source: str) -> str:
         raise _utf8_error(raw[start:], e.start - start, source, raw.count(b"\n", 0, e.start) + 1) from None
 
 
-def read_jsonl(path: Path) -> RawData:
+def _jsonl_items(name: str, lines: Iterable[bytes]) -> Iterator[Item]:
     """One JSON object per line; each line is decoded on its own so one bad line costs one row."""
-    name = str(path)
-    out = RawData([], [], name)
-    for lineno, line in enumerate(_read_bytes(path).split(b"\n"), 1):
+    for lineno, line in enumerate(lines, 1):
+        if line.endswith(b"\n"):
+            line = line[:-1]
         if not line.strip():
             continue
         raw = RawRow({}, lineno, line[:10000].decode("utf-8", errors="replace"))
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as e:
-            out.errors.append((_utf8_error(line, e.start, name, lineno), raw))
+            yield _utf8_error(line, e.start, name, lineno), raw
             continue
         try:
             obj = loads(text)
         except json.JSONDecodeError as e:
-            out.errors.append((_error("json", f"malformed JSON ({e.msg} at column {e.colno})",
-                                      "fix or remove the line: each line must be one complete JSON object", name, lineno), raw))
+            yield _error("json", f"malformed JSON ({e.msg} at column {e.colno})",
+                         "fix or remove the line: each line must be one complete JSON object", name, lineno), raw
             continue
         except _DuplicateKey as e:
-            out.errors.append((_error("json", f"the key '{e}' appears twice in the object", DUPLICATE_FIX, name, lineno), raw))
+            yield _error("json", f"the key '{e}' appears twice in the object", DUPLICATE_FIX, name, lineno), raw
             continue
         except (ValueError, RecursionError) as e:  # a number too long to convert, nesting too deep
-            out.errors.append((_error("json", f"unreadable JSON ({str(e)[:120]})",
-                                      "fix or remove the line: numbers of at most 4300 digits, nesting of at most ~1000 levels",
-                                      name, lineno), raw))
+            yield _error("json", f"unreadable JSON ({str(e)[:120]})",
+                         "fix or remove the line: numbers of at most 4300 digits, nesting of at most ~1000 levels",
+                         name, lineno), raw
             continue
         if not isinstance(obj, dict):
-            out.errors.append((_error("json", f"the line is a JSON {type(obj).__name__}, not an object",
-                                      "write one {...} object per line", name, lineno), raw))
+            yield _error("json", f"the line is a JSON {type(obj).__name__}, not an object",
+                         "write one {...} object per line", name, lineno), raw
             continue
         raw.data, raw.text = obj, None
-        out.rows.append(raw)
-    return out
+        yield raw
+
+
+def stream_jsonl(path: Path) -> RowStream:
+    lines, position = _lines(path)
+    return RowStream(str(path), _jsonl_items(str(path), lines), path.stat().st_size, position)
+
+
+def read_jsonl(path: Path) -> RawData:
+    """One JSON object per line; each line is decoded on its own so one bad line costs one row."""
+    return collect_rows(stream_jsonl(path))
 
 
 class _Lines:
@@ -251,32 +330,60 @@ def read_json(path: Path, split: str = "train") -> RawData:
     return out
 
 
+class CellList(list):
+    """A CSV cell that held a JSON list, with the cell's own text in `csv_text`: a field that wants text (a
+    response such as '[1, 2, 3]') gets the text back instead of a list (see `formats.cell_text`)."""
+
+    csv_text: str = ""
+
+
+class CellDict(dict):
+    """A CSV cell that held a JSON object, with the cell's own text in `csv_text` (see `CellList`)."""
+
+    csv_text: str = ""
+
+
 def _cell(value: str) -> Any:
-    """CSV cells holding JSON lists/objects (chat messages, score lists) are parsed; text stays text."""
+    """CSV cells holding JSON lists/objects (chat messages, score lists) are parsed, keeping their text; text stays text."""
     v = value.strip()
     if v[:1] in "[{" and v[-1:] in "]}":
         try:
-            return loads(v)
+            obj = loads(v)
         except (ValueError, RecursionError):
             return value
+        cell = CellList(obj) if isinstance(obj, list) else CellDict(obj)
+        cell.csv_text = value
+        return cell
     return value
 
 
 CSV_FIELD_LIMIT = 2**31 - 1  # Python's default (131,072 characters) refuses long responses
+_LONE_CR = re.compile(r"(?<=\r)(?!\n)")  # a line ending of its own (old Mac files); \r\n is one ending
 
 
-def read_csv(path: Path) -> RawData:
+def _csv_items(name: str, lines: Iterable[bytes]) -> Iterator[Item]:
     """A header row and one record per row; the row's number is the file line it starts on.
 
-    A row with more or fewer cells than the header is rejected (never padded or cut), and a quote
-    that is never closed (which would merge every later line into one cell) stops the read.
+    A row with more or fewer cells than the header is rejected (never padded or cut); a quote that is never
+    closed (which would merge every later line into one cell), a header naming a column twice (one of the two
+    would be lost) and invalid UTF-8 stop the read.
     """
-    name = str(path)
-    text = _decode_all(_read_bytes(path), name)
+
+    def texts() -> Iterator[str]:  # lines as the csv module wants them: \r, \n and \r\n each end one
+        for lineno, line in enumerate(lines, 1):
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _utf8_error(line, e.start, name, lineno) from None
+            if "\r" in text:
+                yield from (part for part in _LONE_CR.split(text) if part)
+            else:
+                yield text
+
     old_limit = csv.field_size_limit(CSV_FIELD_LIMIT)
     try:
-        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-        out, prev_end, header = RawData([], [], name), 0, None
+        reader = csv.reader(texts(), strict=True)
+        prev_end, header = 0, None
         while True:
             start = prev_end + 1
             try:
@@ -295,27 +402,63 @@ def read_csv(path: Path) -> RawData:
             if not cells:
                 continue
             if header is None:
+                twice = [c for i, c in enumerate(cells) if c in cells[:i]]
+                if twice:
+                    at = [i + 1 for i, c in enumerate(cells) if c == twice[0]]
+                    raise _error("csv", f"the header names the column '{twice[0]}' twice (columns {at[0]} and {at[1]}), so the "
+                                 "cells of one of them would be lost", "give every column its own name", name, start)
                 header = cells
                 continue
             if len(cells) != len(header):
-                raw = RawRow({}, start, ",".join(cells)[:10000])
-                out.errors.append((_error("csv", f"the row has {len(cells)} cells, the header has {len(header)}",
-                                          "quote cells that contain commas, and give every row one cell per column", name, start), raw))
+                yield (_error("csv", f"the row has {len(cells)} cells, the header has {len(header)}",
+                              "quote cells that contain commas, and give every row one cell per column", name, start),
+                       RawRow({}, start, ",".join(cells)[:10000]))
                 continue
-            out.rows.append(RawRow({k: _cell(v) for k, v in zip(header, cells)}, start))
-        return out
+            yield RawRow({k: _cell(v) for k, v in zip(header, cells)}, start)
     finally:
         csv.field_size_limit(old_limit)
 
 
-def read_parquet(path: Path) -> RawData:
+def stream_csv(path: Path) -> RowStream:
+    lines, position = _lines(path)
+    return RowStream(str(path), _csv_items(str(path), lines), path.stat().st_size, position)
+
+
+def read_csv(path: Path) -> RawData:
+    """A header row and one record per row (see `_csv_items`)."""
+    return collect_rows(stream_csv(path))
+
+
+def _parquet_error(e: Exception, path: Path) -> DataError:
+    return DataError(f"cannot read Parquet: {e}", "check that the file is a complete Parquet file", source=str(path))
+
+
+def stream_parquet(path: Path, batch_rows: int = 1024) -> RowStream:
+    """Parquet rows, a batch at a time."""
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        pf = pq.ParquetFile(path)
+        total = pf.metadata.num_rows
     except Exception as e:  # pyarrow raises several exception types for broken files
-        raise DataError(f"cannot read Parquet: {e}", "check that the file is a complete Parquet file", source=str(path)) from None
-    return RawData([RawRow(r, i) for i, r in enumerate(table.to_pylist(), 1)], [], str(path))
+        raise _parquet_error(e, path) from None
+    size, done = path.stat().st_size, [0]
+
+    def gen() -> Iterator[Item]:
+        try:
+            batches = pf.iter_batches(batch_size=batch_rows)
+            for batch in batches:
+                for r in batch.to_pylist():
+                    done[0] += 1
+                    yield RawRow(r, done[0])
+        except Exception as e:  # noqa: BLE001 (a broken row group)
+            raise _parquet_error(e, path) from None
+
+    return RowStream(str(path), gen(), size, lambda: int(size * done[0] / max(1, total)))
+
+
+def read_parquet(path: Path) -> RawData:
+    return collect_rows(stream_parquet(path))
 
 
 def _pick_split(obj: Mapping, split: str, source: str) -> Any:
@@ -344,12 +487,22 @@ def _is_dataset(obj: Any) -> bool:
 def read_rows(source: Any, split: str = "train") -> RawData:
     """Read any supported source: a path (JSONL[.gz], JSON[.gz], CSV[.gz], Parquet, save_to_disk folder),
     a list of dicts, a `datasets.Dataset`, or a `DatasetDict` / dict of splits (`split` picks one)."""
+    return collect_rows(stream_rows(source, split))
+
+
+def _whole(data: RawData, size: int = 0) -> RowStream:
+    return RowStream(data.source, _in_line_order(data), size)
+
+
+def stream_rows(source: Any, split: str = "train") -> RowStream:
+    """`read_rows` as a `RowStream`: JSON Lines, CSV and Parquet files are read as the rows are consumed; other
+    sources (a .json file, a saved or in-memory dataset) are read whole first."""
     if isinstance(source, (list, tuple)):
-        return _from_records(source, "<list>")
+        return _whole(_from_records(source, "<list>"))
     if _is_dataset(source):
-        return _from_records(source.to_list(), "<dataset>")
+        return _whole(_from_records(source.to_list(), "<dataset>"))
     if isinstance(source, Mapping):
-        return read_rows(_pick_split(source, split, "<dataset>"), split)
+        return stream_rows(_pick_split(source, split, "<dataset>"), split)
     if not isinstance(source, (str, Path)):
         raise DataError(f"cannot read data from a {type(source).__name__}",
                         "give a file path, a list of dicts, or a datasets.Dataset")
@@ -359,18 +512,18 @@ def read_rows(source: Any, split: str = "train") -> RawData:
         siblings = [p.name for p in path.parent.iterdir()] if path.parent.is_dir() else []
         raise DataError("the file does not exist" + did_you_mean(path.name, siblings), "check the path", source=name)
     if path.is_dir():
-        return _read_saved(path, split)
+        return _whole(_read_saved(path, split))
     if path.stat().st_size == 0:
         raise DataError("the file is empty", "give a file with at least one record", source=name)
     suffix = _suffix(path)
     if suffix in (".jsonl", ".jsonl.gz"):
-        return read_jsonl(path)
+        return stream_jsonl(path)
     if suffix in (".json", ".json.gz"):
-        return read_json(path, split)
+        return _whole(read_json(path, split), path.stat().st_size)
     if suffix in (".csv", ".csv.gz"):
-        return read_csv(path)
+        return stream_csv(path)
     if suffix == ".parquet":
-        return read_parquet(path)
+        return stream_parquet(path)
     raise DataError(f"unknown file type '{suffix or path.name}'",
                     f"use one of {', '.join(SUFFIXES)}, or a folder written by datasets' save_to_disk", source=name)
 

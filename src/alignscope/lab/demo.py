@@ -55,10 +55,33 @@ def refusals(model, tok, prompts, max_new_tokens: int = 24) -> float:
     return refusal_rate([prompts[i] for i in ro.prompt_index], ro.texts)
 
 
-def run_demo(out: str | Path = "runs/demo", size: str = "tiny", seed: int = 0, quick: bool = False, log=print) -> dict[str, Any]:
-    """Run the whole pipeline into `out`; returns the headline figures (also in `out/summary.json`)."""
-    t0 = time.time()
+DEMO_MARKS = ("summary.json", "sft")  # a folder holding either was written by the demo (finished, or stopped)
+
+
+def check_demo_args(out: str | Path, seed: int) -> Path:
+    """The demo's arguments, before its first step: the demo replaces its output folder, so that folder must be
+    missing, empty or a demo's own; the seed a non-negative integer."""
+    from alignscope.errors import ConfigError
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"the demo's seed must be an integer in [0, 2^32), got {seed!r}", "pass --seed 0 (or another)")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out '{out}' is a file, not a folder", "give --out a folder (it is created)")
+    if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in DEMO_MARKS):
+        raise ConfigError(f"--out '{out}' holds files that the demo did not write, and the demo replaces its folder",
+                          "give --out a new or empty folder (the default is runs/demo)")
+    parent = next((q for q in out.absolute().parents if q.exists()), None)
+    if parent is None or not parent.is_dir():
+        raise ConfigError(f"--out '{out}' lies under '{parent}', which is a file, not a folder", "give --out a folder path")
+    return out
+
+
+def run_demo(out: str | Path = "runs/demo", size: str = "tiny", seed: int = 0, quick: bool = False, log=print) -> dict[str, Any]:
+    """Run the whole pipeline into `out` (missing, empty, or a demo's earlier folder, which is replaced); returns the
+    headline figures (also in `out/summary.json`)."""
+    t0 = time.time()
+    out = check_demo_args(out, seed)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)

@@ -116,23 +116,75 @@ def _dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     return dtype or torch.float32
 
 
+def _pickle_error(spec: ModelSpec, e: Exception) -> ModelError:
+    """A pickled weights file (pytorch_model.bin) that torch's safe loader refuses. torch's own message
+    suggests retrying with weights_only=False, which would run whatever code the file holds: that advice is
+    left out, and only the line naming what the file holds is kept."""
+    import re
+
+    found = re.search(r"GLOBAL ([\w.]+)", str(e))
+    what = f"it refers to {found[1]}, which is not a tensor type" if found else "it holds objects that are not tensors"
+    return ModelError(
+        f"the weights of '{spec.text}' are a pickle (e.g. pytorch_model.bin) holding more than tensors, which alignscope "
+        f"does not unpickle, since unpickling can run code ({what})",
+        "use a copy of the model saved as safetensors (model.safetensors), e.g. from its publisher, or another model",
+    )
+
+
+def _check_weights_match(spec: ModelSpec, info: dict) -> None:
+    """Refuse weights that do not fit the config: transformers would fill missing tensors with random values
+    (and drop unexpected ones) with only a log line."""
+    shapes = [f"{k}: {tuple(a)} in the file, {tuple(b)} in the config" for k, a, b in info.get("mismatched_keys") or []]
+    missing, unexpected = sorted(info.get("missing_keys") or []), sorted(info.get("unexpected_keys") or [])
+    problems = []
+    if shapes:
+        problems.append(f"{len(shapes)} tensor(s) have another shape than config.json gives ({'; '.join(shapes[:3])})")
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) the config needs are not in the weights (e.g. {', '.join(missing[:3])}), "
+                        "so they would be random")
+    if unexpected:
+        problems.append(f"{len(unexpected)} tensor(s) in the weights have no place in the config (e.g. {', '.join(unexpected[:3])})")
+    if problems:
+        raise ModelError(f"the weights of '{spec.text}' do not match its config.json: " + "; ".join(problems),
+                         "keep config.json and the weights of one model together (save_pretrained writes both); "
+                         "a changed config.json (layers, sizes, vocab_size) needs weights saved from that model")
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _has_weights(where: str) -> bool:
+    return Path(where).is_dir() and any((Path(where) / name).is_file() for name in WEIGHT_FILES)
+
+
 def _from_pretrained(spec: ModelSpec, dtype: torch.dtype, trust_remote_code: bool):
+    import pickle
+
     from transformers import AutoModelForCausalLM
 
     where, kw = _resolve(spec)
     try:
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, trust_remote_code=trust_remote_code, **kw)
+        model, info = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                           output_loading_info=True, ignore_mismatched_sizes=True, **kw)
     except SafetensorError as e:
         raise ModelError(f"the weights of '{spec.text}' are corrupt or truncated ({e})",
                          "copy or save the model again (save_pretrained writes model.safetensors)") from None
+    except pickle.UnpicklingError as e:
+        raise _pickle_error(spec, e) from None
     except (OSError, ValueError) as e:
+        if isinstance(e, OSError) and _has_weights(where) and "no file named" not in str(e):  # the file is there, unreadable
+            raise ModelError(f"cannot read the weights of '{spec.text}' ({type(e).__name__}: {str(e).splitlines()[0][:300]})",
+                             "copy or save the model again; a truncated or partly written weights file cannot be read") from None
         raise _hub_error(spec.text, e) from None
-    except RuntimeError as e:
+    except (RuntimeError, EOFError) as e:
         if "out of memory" in str(e).lower():
             raise ModelError(
                 f"model '{spec.text}' does not fit in memory", "use a smaller model, dtype=bfloat16, or LoRA"
             ) from None
-        raise
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise ModelError(f"cannot read the weights of '{spec.text}' ({type(e).__name__}: {first})",
+                         "copy or save the model again; a truncated or partly written weights file cannot be read") from None
+    _check_weights_match(spec, info)
     if "gguf_file" in kw:
         # transformers dequantises GGUF weights to float32 on load; the model is an ordinary one from here,
         # so drop the quantizer record that would otherwise forbid save_pretrained.

@@ -81,6 +81,33 @@ def check_context(model: nn.Module, longest: int) -> None:
                          f"set max_length (--max-length on the command line) to at most {limit}")
 
 
+def embedding_rows(model: nn.Module) -> int | None:
+    """How many token ids the model's input embedding has rows for, when it has one."""
+    lm = unwrap_model(model)
+    emb = lm.get_input_embeddings() if hasattr(lm, "get_input_embeddings") else None
+    weight = getattr(emb, "weight", None)
+    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.dim() == 2 else None
+
+
+def largest_id(*token_lists: list[list[int]]) -> int:
+    """The largest token id in some lists of token-id sequences (-1 when there are none)."""
+    return max((max(seq) for lists in token_lists for seq in lists if seq), default=-1)
+
+
+def check_vocab(model: nn.Module, largest: int, tokenizer_size: int | None = None) -> None:
+    """Refuse token ids the model has no embedding row for (a tokenizer larger than the model's vocabulary):
+    the embedding would otherwise fail deep in the forward pass with an index error."""
+    rows = embedding_rows(model)
+    if rows is not None and largest >= rows:
+        size = f" ({tokenizer_size} tokens)" if tokenizer_size is not None else ""
+        raise ModelError(
+            f"token id {largest} is outside the model's embedding, which has {rows} rows: the tokenizer{size} is larger "
+            "than the model's vocabulary",
+            "use the tokenizer saved with this model; if tokens were added to the tokenizer, resize the model's embedding "
+            "(model.resize_token_embeddings(len(tokenizer))) and save both again",
+        )
+
+
 # Verified on these architectures (tests/models/test_shared_prompts.py): they build their attention
 # masks with transformers' masking utilities, which take a custom 4D mask as it is.
 SHARED_PROMPT_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
@@ -387,6 +414,7 @@ def score_batch(
     inner = model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
     lm = inner.lm if isinstance(inner, Scorer) else model
     check_context(lm, max((len(p) + len(r) for p, r in zip(prompt_ids, response_ids)), default=0))
+    check_vocab(lm, max(largest_id(prompt_ids, response_ids), pad_id))
     layout = layout_for(lm, prompt_ids, response_ids, pad_id, padding_side=padding_side, share_prompts=share_prompts,
                         padding_free=padding_free)
     if isinstance(inner, Scorer):

@@ -20,7 +20,7 @@ import torch
 
 from alignscope.data.records import Prompt
 from alignscope.data.tokenize import encode_response, render_prompt
-from alignscope.errors import ConfigError, ModelError, did_you_mean
+from alignscope.errors import AlignscopeError, ConfigError, ModelError, RewardError, did_you_mean
 from alignscope.losses.reward import ENSEMBLE_AGGREGATIONS, aggregate_ensemble
 from alignscope.models.device import Placement
 from alignscope.models.scoring import pad_token_id
@@ -67,6 +67,20 @@ def _syntax_error(e: SyntaxError, spec: str) -> ConfigError:
                        "fix the Python file (python -m py_compile FILE shows the error)")
 
 
+def _import_failed(e: Exception, spec: str) -> ConfigError:
+    """The reward module raised while it was imported (a missing dependency, code at its top level that fails):
+    the exception and the module's own line that raised it."""
+    if isinstance(e, SyntaxError):
+        return _syntax_error(e, spec)
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if "importlib" not in f.filename and "<frozen" not in f.filename]
+    at = f" at {frames[-1].filename}, line {frames[-1].lineno}" if frames else ""
+    fix = (f"install it (pip install {e.name.split('.')[0]}) or remove the import" if isinstance(e, ModuleNotFoundError) and e.name
+           else "fix the module so that `import` runs without error (python -c 'import MODULE' shows it)")
+    return ConfigError(f"importing the reward module of '{spec}' raised {type(e).__name__}: {e}{at}", fix)
+
+
 def _import_module(module: str, spec: str):
     if module.endswith(".py"):
         path = Path(module)
@@ -76,8 +90,8 @@ def _import_module(module: str, spec: str):
         mod = importlib.util.module_from_spec(mod_spec)
         try:
             mod_spec.loader.exec_module(mod)
-        except SyntaxError as e:
-            raise _syntax_error(e, spec) from None
+        except Exception as e:  # noqa: BLE001 (user code: any failure at import is reported with its line)
+            raise _import_failed(e, spec) from None
         return mod
     try:
         return importlib.import_module(module)
@@ -85,7 +99,9 @@ def _import_module(module: str, spec: str):
         raise _syntax_error(e, spec) from None
     except ModuleNotFoundError as e:
         if e.name is None or not (module == e.name or module.startswith(e.name + ".")):
-            raise ConfigError(f"cannot import '{module}' for reward '{spec}': {e}", "install what the module imports") from None
+            raise _import_failed(e, spec) from None
+    except Exception as e:  # noqa: BLE001
+        raise _import_failed(e, spec) from None
     # Console scripts do not put the working directory on sys.path, yet a reward module next to
     # the user's config is the common case: add it, last (after every installed module), when
     # the module is there.
@@ -95,8 +111,8 @@ def _import_module(module: str, spec: str):
         importlib.invalidate_caches()
         try:
             return importlib.import_module(module)
-        except SyntaxError as e:
-            raise _syntax_error(e, spec) from None
+        except Exception as e:  # noqa: BLE001
+            raise _import_failed(e, spec) from None
     raise ConfigError(f"cannot import '{module}' for reward '{spec}': no module named '{module}'", "check the name, or put its folder on PYTHONPATH")
 
 
@@ -116,23 +132,91 @@ def import_reward_function(spec: str) -> Callable:
     return obj
 
 
+REWARD_SIGNATURE_FIX = ("define it as def NAME(prompts, responses): return one float per response (a TRL-style "
+                        "def NAME(prompts, completions, **kwargs) works too)")
+
+
+def check_reward_signature(fn: Callable, name: str) -> None:
+    """Refuse, at load time, a reward function that cannot be called as fn(prompts, responses)."""
+    import inspect
+
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins and some C callables have no signature to check
+        return
+    try:
+        sig.bind([], [])
+    except TypeError as e:
+        raise RewardError(f"reward '{name}' is {getattr(fn, '__name__', type(fn).__name__)}{sig}, which cannot be called as "
+                          f"fn(prompts, responses): {e}", REWARD_SIGNATURE_FIX) from None
+
+
 class FunctionReward(RewardSource):
     """A Python reward function, called once per batch: `fn(prompts, responses) -> N floats`.
 
     One calling convention only (batch, as TRL's reward functions), so a function that needs
     batching (an API, a verifier pool) gets it and per-pair functions are a one-line list
-    comprehension. Given as a callable or as 'module:function' imported with importlib.
+    comprehension. Given as a callable or as 'module:function' imported with importlib; its
+    signature is checked when it is loaded. A call that raises, takes longer than `timeout`
+    seconds, or returns anything but one finite number per response is a `RewardError` naming
+    the function and, where one response is to blame, its prompt.
     """
 
-    def __init__(self, spec: str | RewardFn):
+    def __init__(self, spec: str | RewardFn, timeout: float | None = None):
         if callable(spec):
             self.fn, self.name = spec, getattr(spec, "__name__", repr(spec))
         else:
             self.fn, self.name = import_reward_function(spec), str(spec)
+        if timeout is not None and not timeout > 0:
+            raise ConfigError(f"a reward timeout must be positive, got {timeout}", "give the seconds one call may take, e.g. 60")
+        self.timeout = timeout
+        check_reward_signature(self.fn, self.name)
 
     def __call__(self, prompts: list[Prompt], responses: list[str]) -> torch.Tensor:
+        from alignscope.rewards.weighted import call_with_timeout, first_bad, short_prompt
+
         _check_lengths(prompts, responses)
-        return as_rewards(self.fn(list(prompts), list(responses)), len(responses), f"'{self.name}'")
+        where = f"reward '{self.name}'"
+        try:
+            ok, out = call_with_timeout(lambda: self.fn(list(prompts), list(responses)), self.timeout)
+        except TimeoutError:
+            raise RewardError(f"{where} took longer than {self.timeout:g}s on {len(responses)} responses "
+                              f"(first prompt {short_prompt(prompts[0]) if prompts else '-'})",
+                              "make it faster (or batch its work), or allow it more time") from None
+        if not ok:
+            if isinstance(out, AlignscopeError):
+                raise out
+            culprit = self._culprit(prompts, responses)
+            at = (f" on the response {responses[culprit]!r:.60} to prompt {short_prompt(prompts[culprit])}" if culprit is not None
+                  else f" on a batch of {len(responses)} responses" + (f" (first prompt {short_prompt(prompts[0])})" if prompts else ""))
+            raise RewardError(f"{where} raised {type(out).__name__}: {str(out)[:300]}{at}",
+                              "fix the reward function (call it on that prompt and response to see the error)") from None
+        n = len(out) if isinstance(out, (list, tuple)) or (isinstance(out, torch.Tensor) and out.dim() == 1) else None
+        if n is not None and n != len(responses):
+            raise RewardError(f"{where} returned {n} values for {len(responses)} responses"
+                              + (f" (first prompt {short_prompt(prompts[0])})" if prompts else ""),
+                              "return one float per (prompt, response), in the order given")
+        if isinstance(out, (list, tuple)) and len(out) == len(responses):
+            bad = first_bad(out)
+            if bad is not None:
+                i, kind = bad
+                kind = f"a non-finite value ({kind})" if kind in ("nan", "inf", "-inf") else kind
+                raise RewardError(f"{where} returned {kind} for the response {responses[i]!r:.60} to prompt {short_prompt(prompts[i])}",
+                                  "return a finite float for every response")
+        return as_rewards(out, len(responses), f"'{self.name}'")
+
+    def _culprit(self, prompts: list[Prompt], responses: list[str]) -> int | None:
+        """The first (prompt, response) on which the function raises when called alone (bounded by the timeout)."""
+        from alignscope.rewards.weighted import call_with_timeout
+
+        for i, (p, r) in enumerate(zip(prompts, responses)):
+            try:
+                ok, _ = call_with_timeout(lambda p=p, r=r: self.fn([p], [r]), self.timeout)
+            except TimeoutError:
+                return i
+            if not ok:
+                return i
+        return None
 
 
 Encoding = Literal["auto", "training", "chat"]
@@ -262,30 +346,31 @@ def _sequence_classifier(path: Path) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
 
 
-def load_reward_source(spec: str | RewardFn, *, placement: Placement | None = None, **kw: Any) -> RewardSource:
+def load_reward_source(spec: str | RewardFn, *, placement: Placement | None = None, timeout: float | None = None,
+                       **kw: Any) -> RewardSource:
     """Build a reward source from its spec; a reward model goes to `placement`'s device and dtype when given.
 
     - a callable, or 'module:function' / 'file.py:function' -> `FunctionReward`;
     - 'lab:gold' -> the lab's gold reward;
     - a folder with an alignscope reward model or a saved Hugging Face sequence classifier ->
-      `ModelReward` (`kw` go to it: batch_size, max_length, encoding). The folder is parsed by
+      `ModelReward` (`kw` go to it: batch_size, max_length, encoding). `timeout` bounds each call of a function. The folder is parsed by
       the model-spec grammar (`alignscope.models.spec`), so a path means the same here as for a policy.
     A causal-LM folder is refused: loading it as a classifier would add a random score head.
     """
     from alignscope.models.spec import parse_model_spec
 
     if callable(spec):
-        return FunctionReward(spec)
+        return FunctionReward(spec, timeout)
     spec = str(spec)
     if spec == "lab:gold":
         from alignscope.world.gold import gold_rewards
 
-        return FunctionReward(gold_rewards)
+        return FunctionReward(gold_rewards, timeout)
     forms = "give a reward-model folder, module:function, or lab:gold"
     if spec.startswith("lab:"):
         raise ConfigError(f"reward '{spec}' names a lab model, not a reward", forms)
     if ":" in spec and not Path(spec).exists():
-        return FunctionReward(spec)
+        return FunctionReward(spec, timeout)
     try:
         parsed = parse_model_spec(spec)
     except ModelError as e:

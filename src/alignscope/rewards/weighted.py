@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from alignscope.data.records import Prompt, prompt_text
-from alignscope.errors import TrainingError
+from alignscope.errors import AlignscopeError, TrainingError
 
 
 @dataclass
@@ -28,7 +28,7 @@ class RewardTerm:
     weight: float = 1.0
 
 
-def _short(prompt: Prompt, width: int = 80) -> str:
+def short_prompt(prompt: Prompt, width: int = 80) -> str:
     text = prompt_text(prompt).replace("\n", " ")
     return repr(text if len(text) <= width else text[: width - 3] + "...")
 
@@ -62,7 +62,7 @@ def call_with_timeout(fn: Callable[[], Any], timeout: float | None) -> tuple[boo
     return True, box.get("value")
 
 
-def _first_bad(values: Any) -> tuple[int, str] | None:
+def first_bad(values: Any) -> tuple[int, str] | None:
     """Index and kind of the first entry that is not a finite number."""
     items = values.detach().cpu().reshape(-1).tolist() if isinstance(values, torch.Tensor) else list(values)
     for i, v in enumerate(items):
@@ -105,20 +105,23 @@ class WeightedRewards:
             ok, out = call_with_timeout(lambda: term.source(list(prompts), list(responses)), self.timeout)
         except TimeoutError:
             raise TrainingError(f"{where} took longer than reward_timeout={self.timeout:g}s on {len(responses)} responses "
-                                f"(first prompt {_short(prompts[0])})", "make it faster or raise reward_timeout; the last checkpoint is kept") from None
+                                f"(first prompt {short_prompt(prompts[0])})", "make it faster or raise reward_timeout; the last checkpoint is kept") from None
+        if not ok and isinstance(out, AlignscopeError):  # a reward source's own report (it names the function and prompt)
+            raise TrainingError(f"{where}: {out.problem}", f"{out.fix}; the last checkpoint is kept (resume with --resume)"
+                                if out.fix else fix) from None
         if not ok:
             culprit = self._find_culprit(term, prompts, responses)
-            at = f" on prompt {_short(prompts[culprit])}" if culprit is not None else f" on a batch of {len(responses)} (first prompt {_short(prompts[0])})"
+            at = f" on prompt {short_prompt(prompts[culprit])}" if culprit is not None else f" on a batch of {len(responses)} (first prompt {short_prompt(prompts[0])})"
             raise TrainingError(f"{where} raised {type(out).__name__}: {out}{at}", fix) from out
         if isinstance(out, (str, bytes)) or not hasattr(out, "__len__") or getattr(out, "ndim", None) == 0:  # 0-d: len() raises
             raise TrainingError(f"{where} returned {type(out).__name__}, not a list of numbers, for {len(responses)} responses", fix)
         if len(out) != len(responses):
-            raise TrainingError(f"{where} returned {len(out)} values for {len(responses)} responses (first prompt {_short(prompts[0])})",
+            raise TrainingError(f"{where} returned {len(out)} values for {len(responses)} responses (first prompt {short_prompt(prompts[0])})",
                                 "return one float per (prompt, response); " + fix)
-        bad = _first_bad(out)
+        bad = first_bad(out)
         if bad is not None:
             i, kind = bad
-            raise TrainingError(f"{where} returned {kind} for the response {responses[i]!r:.60} to prompt {_short(prompts[i])}",
+            raise TrainingError(f"{where} returned {kind} for the response {responses[i]!r:.60} to prompt {short_prompt(prompts[i])}",
                                 "return a finite float for every response; " + fix)
         return torch.as_tensor(out.detach().cpu() if isinstance(out, torch.Tensor) else out, dtype=torch.float32).reshape(-1)
 

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from alignscope.data.records import Prompt
 from alignscope.data.tokenize import render_prompt, uses_special_tokens
 from alignscope.errors import ConfigError, ModelError
-from alignscope.models.scoring import pad_token_id
+from alignscope.models.scoring import check_vocab, largest_id, pad_token_id
 
 
 @dataclass
@@ -188,6 +188,7 @@ def generate(
     stops = stop_token_ids(model, tokenizer)
     pad = pad_token_id(tokenizer)
     encoded = encode_prompts(tokenizer, prompts)
+    check_vocab(model, max(largest_id(encoded), pad), len(tokenizer) if hasattr(tokenizer, "__len__") else None)
     flat = [(i, ids) for i, ids in enumerate(encoded) for _ in range(cfg.n)]
     # Every Hugging Face warper off (a model's generation config may set some): `_SampledLogprobs` warps last.
     sampling = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": None, "typical_p": 1.0, "epsilon_cutoff": 0.0,

@@ -18,6 +18,8 @@ import os
 import random
 import shutil
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,30 @@ def save_checkpoint(
     return final
 
 
+@contextmanager
+def atomic_folder(path: Path, kept: str) -> Iterator[Path]:
+    """Yield a temporary folder beside `path` (the run's `final/`); when the block succeeds, it replaces `path`. Any
+    failure (a full disk is an OSError, a RuntimeError from torch.save, a SafetensorError) removes the temporary folder
+    and is a `TrainingError` saying that `kept` (the checkpoint just written) is on disk; an old `path` stays."""
+    path = Path(path)
+    tmp, old = path.with_name(f".tmp-{path.name}"), path.with_name(f".old-{path.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+    except Exception as e:  # noqa: BLE001 (any writer's failure)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not path.exists():
+            old.rename(path)
+        raise TrainingError(f"could not write {path} ({type(e).__name__}: {e}); {kept} is kept",
+                            f"free disk space or fix the folder's permissions, then run again with --resume "
+                            f"(it starts from {kept} and writes {path.name}/)") from None
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
     out = []
@@ -143,8 +169,43 @@ def check_contents(path: Path, tensors: dict[str, torch.Tensor], trainer: Any, s
     return None
 
 
-def load_latest(run_dir: Path, log=print) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]] | None:
-    """(model tensors, trainer state, run state) of the newest whole checkpoint, or None; each one skipped is named."""
+def fits(tensors: dict[str, torch.Tensor], trainer: dict[str, Any], model: torch.nn.Module | None,
+         optimizer: torch.optim.Optimizer | None) -> str | None:
+    """Why a whole checkpoint cannot be loaded into `model` and `optimizer` (another model, LoRA setting or
+    optimizer; a tensor cut short or holding NaN), or None when it fits."""
+    if model is not None:
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        missing = [k for k in expected if k not in tensors]
+        unexpected = [k for k in tensors if k not in expected]
+        if missing or unexpected:
+            return (f"model.safetensors does not match the model: {len(missing)} tensor(s) missing, {len(unexpected)} unexpected "
+                    f"(e.g. {(missing + unexpected)[:3]})")
+        for k, shape in expected.items():
+            if tuple(tensors[k].shape) != shape:
+                return f"model.safetensors' {k} has shape {tuple(tensors[k].shape)}, the model's is {shape}"
+        for k, v in tensors.items():
+            if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                return f"model.safetensors' {k} holds NaN or inf"
+    if optimizer is not None:
+        saved, current = trainer["optimizer"]["param_groups"], optimizer.param_groups
+        sizes = [len(g.get("params", [])) for g in saved] if all(isinstance(g, dict) for g in saved) else None
+        if sizes != [len(g["params"]) for g in current]:
+            return f"the optimizer state has parameter groups of {sizes} tensors, the run's optimizer {[len(g['params']) for g in current]}"
+        params = [p for g in current for p in g["params"]]
+        ids = [i for g in saved for i in g["params"]]
+        state = trainer["optimizer"]["state"]
+        for index, param in zip(ids, params):
+            for name, value in (state.get(index) or {}).items() if isinstance(state, dict) else ():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and tuple(value.shape) != tuple(param.shape):
+                    return f"the optimizer's {name} of parameter {index} has shape {tuple(value.shape)}, the parameter's is {tuple(param.shape)}"
+    return None
+
+
+def load_latest(run_dir: Path, log=print, model: torch.nn.Module | None = None,
+                optimizer: torch.optim.Optimizer | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]] | None:
+    """(model tensors, trainer state, run state) of the newest whole checkpoint, or None; each one skipped is named.
+
+    Given the run's `model` and `optimizer`, a checkpoint must also fit them (`fits`) to be used."""
     for path in reversed(list_checkpoints(run_dir)):
         if not _valid(path):
             log(f"alignscope: checkpoint {path} is partial (no valid {MARKER}); using the previous one")
@@ -156,7 +217,7 @@ def load_latest(run_dir: Path, log=print) -> tuple[dict[str, torch.Tensor], dict
         except Exception as e:  # a corrupt file of any kind: fall back, say so
             log(f"alignscope: checkpoint {path} is corrupt ({type(e).__name__}: {e}); using the previous one")
             continue
-        problem = check_contents(path, tensors, trainer, state)
+        problem = check_contents(path, tensors, trainer, state) or fits(tensors, trainer, model, optimizer)
         if problem:
             log(f"alignscope: checkpoint {path} is incomplete ({problem}); using the previous one")
             continue
@@ -184,6 +245,12 @@ def load_logps_cache(path: Path, expected: int, log=print) -> torch.Tensor | Non
 
 
 def load_model_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    expected = model.state_dict()
+    wrong = [f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(expected[k].shape)} in the model"
+             for k, v in tensors.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    if wrong:
+        raise TrainingError(f"checkpoint does not match the model ({len(wrong)} tensor(s) of another shape, e.g. {wrong[:2]})",
+                            "resume with the same model and LoRA settings as the run that wrote it")
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if unexpected or [m for m in missing if m not in tensors]:
         bad = (missing or [])[:3] + (unexpected or [])[:3]

@@ -29,6 +29,8 @@ from alignscope.atomic import atomic_path, write_text
 from alignscope.errors import ConfigError, TrainingError
 from alignscope.models.scoring import (
     check_context,
+    check_vocab,
+    largest_id,
     pad_token_id,
     score_sequences,
 )
@@ -196,6 +198,14 @@ def train(
 
     # Checks that need only the tokens come before any compute or output (no reference cache, no run folder).
     check_context(model, max((len(it.prompt_ids) + len(r) for it in items + eval_items for r in it.responses), default=0))
+    check_vocab(model, max([pad_id] + [largest_id([it.prompt_ids], it.responses) for it in items + eval_items]),
+                len(tokenizer) if hasattr(tokenizer, "__len__") else None)
+    if method.needs_reference and cfg.ref_cache_dir:
+        cache = Path(cfg.ref_cache_dir)
+        blocker = next((q for q in [cache, *cache.parents] if q.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise ConfigError(f"ref_cache_dir '{cache}' " + ("is a file" if blocker == cache else f"lies under '{blocker}', which is a file")
+                              + ", not a folder", "give ref_cache_dir a folder (it is created), or leave it unset for OUTPUT_DIR/ref_cache")
     world = accelerator.num_processes
     global_batch = cfg.batch_size * cfg.grad_accum * world
     if len(items) < global_batch:
@@ -239,7 +249,7 @@ def train(
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text(out_dir / rf.CONFIG, json.dumps(asdict(cfg), indent=1, default=str))
     if resume:
-        found = ckpt.load_latest(out_dir, log=say)
+        found = ckpt.load_latest(out_dir, log=say, model=accelerator.unwrap_model(trained), optimizer=optimizer)
         if found is None:
             say(f"no complete checkpoint in {out_dir}; starting from step 0")
         else:
@@ -263,7 +273,8 @@ def train(
             eval_start = evaluate(accelerator.unwrap_model(trained).lm, eval_items, eval_ref, pad_id, cfg.beta, max(cfg.batch_size, 8))
             start_probs = eval_start.pop("first_token_probs", None)
             if start_probs is not None:
-                save_file({"probs": start_probs}, str(probs_file))
+                with atomic_path(probs_file) as tmp:
+                    save_file({"probs": start_probs}, str(tmp))
             write_text(start_file, json.dumps(eval_start))
             metrics_log.eval_point(0, eval_start, eval_start)
 
@@ -335,13 +346,14 @@ def train(
     if is_main:
         final = accelerator.unwrap_model(trained)
         ckpt.save_checkpoint(out_dir, total_steps, final, optimizer, scheduler, {"step": total_steps, "skipped_batches": skipped}, cfg.keep_last)
-        if cfg.lora is not None:
-            # The adapter alone (for peft users) and the merged model (what every alignscope command loads).
-            lm = final.lm
-            lm.save_pretrained(out_dir / "final" / "adapter")
-            final.lm = lm.merge_and_unload()
-        method.save(final, out_dir / "final")
-        tokenizer.save_pretrained(out_dir / "final")
+        with ckpt.atomic_folder(out_dir / "final", f"checkpoint-{total_steps}") as folder:
+            if cfg.lora is not None:
+                # The adapter alone (for peft users) and the merged model (what every alignscope command loads).
+                lm = final.lm
+                lm.save_pretrained(folder / "adapter")
+                final.lm = lm.merge_and_unload()
+            method.save(final, folder)
+            tokenizer.save_pretrained(folder)
         metrics_log.close()
         say(f"done: {total_steps} steps in {time.time() - t0:.1f}s; metrics in {out_dir / 'metrics.jsonl'}, model in {out_dir / 'final'}")
     return out_dir

@@ -46,7 +46,8 @@ SAFE_TO_CHANGE = frozenset({
 def _run_entries(out: Path) -> list[Path]:
     """What a run writes into its folder (so other files there, and the lock, are left alone)."""
     names = {rf.CONFIG, "final", *rf.STEP_LOGS, rf.EVAL_START, rf.EVAL_START_PROBS, rf.OVEROPTIMIZATION, "ref_cache"}
-    return sorted(p for p in out.iterdir() if p.name in names or p.name.startswith(("checkpoint-", ".tmp-checkpoint-")))
+    return sorted(p for p in out.iterdir() if p.name in names or p.name.startswith(("checkpoint-", ".tmp-checkpoint-", ".old-checkpoint-"))
+                  or p.name in (".tmp-final", ".old-final"))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -199,6 +200,8 @@ def owns_output_dir(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(cfg: Any, *args: Any, resume: bool = False, overwrite: bool = False, **kw: Any) -> Any:
+        if not str(cfg.output_dir).strip():  # `output_dir=$OUT` with $OUT unset: the run would fill the working folder
+            raise ConfigError("output_dir is empty", "set output_dir to the run's folder, e.g. output_dir=runs/dpo")
         if os.environ.get("RANK", "0") != "0":
             return fn(cfg, *args, resume=resume, **kw)
         with claim(Path(cfg.output_dir), cfg, resume=resume, overwrite=overwrite, log=kw.get("log") or print):
