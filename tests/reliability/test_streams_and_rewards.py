@@ -215,3 +215,21 @@ def test_rl_reward_that_hangs_stops_at_the_timeout(tiny, tmp_path, capsys):
     code, _, err = run(_rl(tiny, out, "hangs", "reward_timeout=0.5"), capsys)
     assert code == 2 and time.time() - t0 < 20, err[-2000:]
     assert "reward 'hangs' at step 1 took longer than reward_timeout=0.5s on 4 responses (first prompt 'Question" in err
+
+
+@pytest.mark.parametrize("command", ["bon", "select-prompts", "audit rm", "compare-rm"])
+def test_reward_timeout_flag_stops_a_hanging_reward_in_every_command(tiny, tmp_path, capsys, command):
+    reward, prompts, model = f"{tiny['rewards']}:hangs", tiny["prompts"], tiny["model"]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "Question 1: is the sky blue?", "chosen": "yes", "rejected": "no"}) + "\n")
+    argv = {
+        "bon": f"bon --policy {model} --prompts {prompts} --reward {reward} --n 2 --max-new-tokens 3 --out {tmp_path / 'b.jsonl'}",
+        "select-prompts": f"select-prompts --policy {model} --prompts {prompts} --reward {reward} --n 2 --max-new-tokens 3 "
+                          f"--out {tmp_path / 's.jsonl'}",
+        "audit rm": f"audit rm --rm {reward} --policy {model} --prompts {prompts} --n 2 --limit 2 --max-new-tokens 3 --out {tmp_path / 'a'}",
+        "compare-rm": f"compare-rm --policy {model} --ref {model} --beta 0.1 --rm {reward} --pairs {pairs}",
+    }[command]
+    t0 = time.time()
+    code, _, err = run(argv + " --reward-timeout 0.5", capsys)
+    assert code == 2 and time.time() - t0 < 20, err[-2000:]
+    assert "hangs" in err and "took longer than" in err and "Traceback" not in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from alignscope.cli.args import number
 from alignscope.models.device import add_device_arguments
 from alignscope.rollout.options import add_rollout_arguments
 
@@ -51,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--threshold", type=float, default=0.1, help="standardised variance below which a prompt is 'low variance'")
     r.add_argument("--out", default="audit", help="output folder (reward_variance.json, teacher_table.json, samples.jsonl, alignscope.json)")
     r.add_argument("--seed", type=int, default=0, help="sampling seed")
+    r.add_argument("--reward-timeout", type=number(float, gt=0), help="seconds one call of a reward function may take before the command stops with an error naming it (default: no limit)")
     add_device_arguments(r)
     add_rollout_arguments(r)
     r.set_defaults(func=run_rm)
@@ -173,8 +175,8 @@ def run_rm(args: argparse.Namespace) -> int:
     prompts = prompts[: args.limit]
     pairs = load_data(args.pairs, as_chat=args.as_chat).examples if args.pairs else None
     policy, tok = load_placed(args.policy, placement)
-    rms = {spec: load_reward_source(spec, placement=placement) for spec in args.rm}
-    gold = load_reward_source(args.gold, placement=placement) if args.gold else None
+    rms = {spec: load_reward_source(spec, placement=placement, timeout=args.reward_timeout) for spec in args.rm}
+    gold = load_reward_source(args.gold, placement=placement, timeout=args.reward_timeout) if args.gold else None
     engine = None
     if rollout.rollout_backend == "vllm":
         from alignscope.rollout.vllm import VLLMGenerator

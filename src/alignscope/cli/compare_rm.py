@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from alignscope.cli.args import number
 from alignscope.models.device import add_device_arguments
 
 
@@ -21,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="use only the first N pairs of each set")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass of the implicit reward")
     p.add_argument("--out", help="write the rows, length biases and settings as JSON here (a file, or a folder for compare_rm.json)")
+    p.add_argument("--reward-timeout", type=number(float, gt=0), help="seconds one call of a reward function may take before the command stops with an error naming it (default: no limit)")
     add_device_arguments(p)
     p.set_defaults(func=run)
 
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"compare-rm: beta = {beta} (from {settings['beta_from']}), reference = {ref_spec} (from {settings['ref_from']})")
     from alignscope.rewards.sources import load_reward_source
 
-    explicit = load_reward_source(args.rm, placement=placement)
+    explicit = load_reward_source(args.rm, placement=placement, timeout=args.reward_timeout)
     policy, tok = load_placed(args.policy, placement)
     ref = load_placed_model(ref_spec, placement)
     rewards = {

@@ -25,6 +25,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=number(float, gt=0), default=1.0, help="sampling temperature (> 0)")
     p.add_argument("--limit", type=number(int, ge=1), help="use only the first N prompts (>= 1)")
     p.add_argument("--seed", type=number(int, ge=0), default=0, help="random seed (>= 0)")
+    p.add_argument("--reward-timeout", type=number(float, gt=0), help="seconds one call of a reward function may take before the command stops with an error naming it (default: no limit)")
     add_device_arguments(p)
     add_rollout_arguments(p)
 
@@ -62,8 +63,8 @@ def _sample(args, outputs: list[tuple[str, str]]):
     prompts = [ex.prompt for ex in load_data(args.prompts, mapping=parse_mapping(args.map), as_chat=args.as_chat).examples][: args.limit]
     if not prompts:
         raise ConfigError(f"nothing to sample: {args.prompts} has no prompts", "give a prompt file with at least one prompt")
-    reward = load_reward_source(args.reward, placement=placement)
-    gold = load_reward_source(args.gold, placement=placement) if getattr(args, "gold", None) else None
+    reward = load_reward_source(args.reward, placement=placement, timeout=args.reward_timeout)
+    gold = load_reward_source(args.gold, placement=placement, timeout=args.reward_timeout) if getattr(args, "gold", None) else None
     ro = generate_with(rollout.rollout_backend, args.policy, None, prompts,
                        GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, n=args.n,
                                         do_sample=True, seed=args.seed),

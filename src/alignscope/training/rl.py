@@ -280,7 +280,7 @@ def train_rl(
 
     start = 0
     if resume:
-        found = ckpt.load_latest(out_dir, log=log)
+        found = ckpt.load_latest(out_dir, log=log, model=trainable, optimizer=optimizer)
         if found is not None:
             tensors, trainer_state, state = found
             ckpt.load_model_tensors(trainable, tensors)
