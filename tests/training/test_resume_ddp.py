@@ -76,6 +76,7 @@ def test_two_process_ddp_matches_one_process(tmp_path):
                 "-m", "alignscope.cli.main", "train", "dpo"]
     r = subprocess.run(torchrun + common(data, two, max_steps=5, batch_size=4, save_steps=100), env=env, cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "sequences scored by 2 processes" in r.stdout  # the reference pass is split between the processes, not repeated
     la, lb = [m["loss"] for m in metrics(one)], [m["loss"] for m in metrics(two)]
     assert len(la) == len(lb) == 5
     # Same global batch (8): the curves agree up to float reduction order.

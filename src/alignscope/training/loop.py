@@ -92,22 +92,51 @@ def _fingerprint(model: torch.nn.Module, seqs: list[tuple[list[int], list[int]]]
 
 
 def compute_reference_logps(cfg: TrainConfig, ref_model, per_item: list[list[Seq]], pad_id: int, cache_dir: Path,
-                            log) -> dict[int, list[float]]:
-    """Reference log-probs of each item's sequences (item index -> one per sequence), computed once and cached on disk."""
+                            log, accelerator=None) -> dict[int, list[float]]:
+    """Reference log-probs of each item's sequences (item index -> one per sequence), computed once and cached on disk.
+
+    With several processes (`accelerator`), each scores a contiguous share of the items (a prompt's sequences
+    stay together) and the main process joins the shares into the cache, so the pass is split, not repeated."""
     seqs = [s for item_seqs in per_item for s in item_seqs]
     key = _fingerprint(ref_model, seqs, f"{cfg.model}|{cfg.ref_model}|{cfg.max_length}|{cfg.max_prompt_length}")
     path = cache_dir / f"ref_logps-{key}.safetensors"
-    flat = ckpt.load_logps_cache(path, len(seqs), log)
+    flat = ckpt.load_logps_cache(path, len(seqs), log)  # every process looks before any writes it: they agree
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+
+    def score(lo: int, hi: int) -> torch.Tensor:
+        if lo == hi:
+            return torch.zeros(0)
+        return score_sequences(
+            ref_model, [p for p, _ in seqs[lo:hi]], [r for _, r in seqs[lo:hi]], pad_id=pad_id, batch_size=max(cfg.batch_size, 8),
+            progress="reference log-probs" if cfg.progress and rank == 0 else None, share_prompts=cfg.share_prompts,
+            padding_free=cfg.padding_free,
+        ).logps.float().cpu()
+
     if flat is not None:
         log(f"reference log-probs: loaded {len(flat)} from cache {path}")
-    else:
-        flat = score_sequences(
-            ref_model, [p for p, _ in seqs], [r for _, r in seqs], pad_id=pad_id, batch_size=max(cfg.batch_size, 8),
-            progress="reference log-probs" if cfg.progress else None, share_prompts=cfg.share_prompts,
-            padding_free=cfg.padding_free,
-        ).logps
+    elif world == 1:
+        flat = score(0, len(seqs))
         with atomic_path(path) as tmp:
             save_file({"logps": flat.contiguous()}, str(tmp))
+    else:
+        starts = [0]
+        for item_seqs in per_item:
+            starts.append(starts[-1] + len(item_seqs))
+        cut = [starts[round(k * len(per_item) / world)] for k in range(world + 1)]
+        part_path = path.with_name(f"{path.stem}.part{rank}.safetensors")
+        with atomic_path(part_path) as tmp:
+            save_file({"logps": score(cut[rank], cut[rank + 1]).contiguous()}, str(tmp))
+        accelerator.wait_for_everyone()
+        if rank == 0:
+            parts = [path.with_name(f"{path.stem}.part{k}.safetensors") for k in range(world)]
+            joined = torch.cat([load_file(str(q))["logps"] for q in parts])
+            with atomic_path(path) as tmp:
+                save_file({"logps": joined.contiguous()}, str(tmp))
+            for q in parts:
+                q.unlink()
+            log(f"reference log-probs: {len(seqs)} sequences scored by {world} processes")
+        accelerator.wait_for_everyone()
+        flat = load_file(str(path))["logps"]
     out, pos = {}, 0
     for i, item_seqs in enumerate(per_item):
         out[i] = flat[pos : pos + len(item_seqs)].tolist()
@@ -222,10 +251,10 @@ def train(
         if cfg.ref_model:
             ref_model = load_placed_model(cfg.ref_model, placement, trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)
         cache = Path(cfg.ref_cache_dir or out_dir / "ref_cache")
-        ref_logps = compute_reference_logps(cfg, ref_model, method.reference_sequences(items), pad_id, cache, say)
+        ref_logps = compute_reference_logps(cfg, ref_model, method.reference_sequences(items), pad_id, cache, say, accelerator)
         if eval_items:  # the monitor's implicit reward: chosen and rejected of each held-out pair
             pairs = [[(it.prompt_ids, r) for r in it.responses[:2]] for it in eval_items]
-            eval_ref = compute_reference_logps(cfg, ref_model, pairs, pad_id, cache, say)
+            eval_ref = compute_reference_logps(cfg, ref_model, pairs, pad_id, cache, say, accelerator)
         del ref_model
 
     trained = method.wrap(model)
