@@ -603,10 +603,9 @@ def report(pairs: PairStats = MEASURED_PAIRS, prompts: PromptStats = MEASURED_PR
             rows.append([a.name, "CHES audit", span(*t(c, 1)), span(*t(c, 8)),
                          span(*[x * busiest for x in t(c, 8)]) + f" ({chunks} chunks of {w.audit_chunk} pairs over 8 processes)"])
             rows.append([a.name, "DPO epoch", span(*t(dp + dr, 1)), span(*t(dp + dr, 8)),
-                         span(*[x + y for x, y in zip(t(dp, 8), t(dr, 1))]) + " (every rank repeats the reference pass)"])
+                         span(*t(dp + dr, 8)) + " (the reference pass split between ranks)"])
             lp, lr = dl["policy"].total, dl["reference"].total
-            rows.append([a.name, f"DPO epoch, LoRA", span(*t(lp + lr, 1)), span(*t(lp + lr, 8)),
-                         span(*[x + y for x, y in zip(t(lp, 8), t(lr, 1))])])
+            rows.append([a.name, f"DPO epoch, LoRA", span(*t(lp + lr, 1)), span(*t(lp + lr, 8)), span(*t(lp + lr, 8))])
             gen = [generation_seconds(a, prompts, gpu, m) for m in MFU[::-1]]
             train = t(g["policy"].total + g["reference"].total, 1)
             one = [x + y for x, y in zip(gen, train)]
