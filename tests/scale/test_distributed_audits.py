@@ -70,3 +70,51 @@ def test_a_killed_audit_resumes_from_its_chunks(tmp_path, pairs):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming: {done} of 15 chunks" in resumed.stdout
     assert outputs(out) == outputs(tmp_path / "whole")
+
+
+@pytest.fixture()
+def rm_prompts(tmp_path, lab_tiny) -> Path:
+    from alignscope.world.generate import prompt_data
+    from alignscope.world.language import default_world
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p.prompt}) + "\n" for p in prompt_data(default_world(0), 16, seed=1)))
+    return path
+
+
+def audit_rm(launcher: list[str], prompts: Path, out: Path, *extra: str, limit: int = 8, chunk: int = 2) -> list[str]:
+    return launcher + ["audit", "rm", "--rm", "lab:gold", "--policy", "lab:tiny", "--prompts", str(prompts), "--gold", "lab:gold",
+                       "--samples-per-prompt", "4", "--limit", str(limit), "--max-new-tokens", "8", "--chunk-prompts", str(chunk), "--out", str(out), *extra]
+
+
+def rm_results(out: Path) -> tuple[str, str]:
+    return (out / "samples.jsonl").read_text(), (out / "teacher_table.json").read_text()
+
+
+def test_audit_rm_two_processes_write_what_one_writes(tmp_path, rm_prompts):
+    one = subprocess.run(audit_rm(CLI, rm_prompts, tmp_path / "one"), env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
+    two = subprocess.run(audit_rm(TORCHRUN, rm_prompts, tmp_path / "two"), env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert rm_results(tmp_path / "one") == rm_results(tmp_path / "two")  # each chunk has its own seed: same samples, same rewards
+    assert len((tmp_path / "one" / "samples.jsonl").read_text().splitlines()) == 8 * 4
+
+
+def test_a_killed_audit_rm_resumes_from_its_chunks(tmp_path, rm_prompts):
+    whole = subprocess.run(audit_rm(CLI, rm_prompts, tmp_path / "whole", limit=16, chunk=1), env=ENV, cwd=REPO, capture_output=True, text=True,
+                           timeout=300)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(audit_rm(CLI, rm_prompts, out, limit=16, chunk=1), env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / ".audit_chunks").glob("chunk-*.json"))) < 2:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list((out / ".audit_chunks").glob("chunk-*.json")))
+    assert 2 <= done < 16 and not (out / "samples.jsonl").exists(), "the audit finished before it could be killed"
+    resumed = subprocess.run(audit_rm(CLI, rm_prompts, out, "--resume", limit=16, chunk=1), env=ENV, cwd=REPO, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming: {done} of 16 chunks" in resumed.stdout
+    assert rm_results(out) == rm_results(tmp_path / "whole")

@@ -44,6 +44,7 @@ def run_in_chunks(
     n_chunks = math.ceil(n_items / chunk_size)
     meta_path = chunk_dir / "settings.json"
     meta = {**settings, "items": n_items, "chunk_size": chunk_size}
+    made = [p for p in [chunk_dir, *chunk_dir.parents] if not p.exists()]  # folders this run creates (removed if it fails early)
     if rank == 0:
         if resume and meta_path.exists():
             saved = json.loads(meta_path.read_text())
@@ -68,7 +69,7 @@ def run_in_chunks(
                 write_text(path, json.dumps(compute(k, k * chunk_size, min(n_items, (k + 1) * chunk_size))))
     except Exception:
         if rank == 0 and not any(chunk_dir.glob("chunk-*.json")):
-            shutil.rmtree(chunk_dir, ignore_errors=True)
+            shutil.rmtree(made[-1] if made else chunk_dir, ignore_errors=True)
         raise
     barrier()
     if rank != 0:

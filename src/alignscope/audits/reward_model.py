@@ -40,6 +40,20 @@ def _rewards(fn: RewardFn, prompts: list[Prompt], responses: list[str]) -> np.nd
     return call_reward(fn, prompts, responses).numpy()
 
 
+def sample_and_reward(rms: dict[str, RewardFn], policy, tokenizer, prompts: list[Prompt], *, n: int, gold: RewardFn | None,
+                      max_new_tokens: int, temperature: float, seed: int, progress: str | None,
+                      backend: str | VLLMGenerator = "hf") -> dict[str, Any]:
+    """The audit's expensive part for some prompts: `n` samples each and every reward of them (JSON-able, so a
+    chunk of prompts can be saved, shared out between processes and resumed: `audits.chunks`)."""
+    ro = generate_with(backend, policy, tokenizer, prompts,
+                       GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, n=n, do_sample=True, seed=seed),
+                       progress=progress)
+    flat = [prompts[i] for i in ro.prompt_index]
+    return {"prompts": len(prompts), "prompt_index": list(ro.prompt_index), "texts": list(ro.texts),
+            "rewards": {name: _rewards(fn, flat, ro.texts).tolist() for name, fn in rms.items()},
+            "gold": None if gold is None else _rewards(gold, flat, ro.texts).tolist()}
+
+
 def audit_reward_models(
     rms: dict[str, RewardFn],
     policy,
@@ -55,16 +69,26 @@ def audit_reward_models(
     seed: int = 0,
     progress: str | None = None,
     backend: str | VLLMGenerator = "hf",
+    sampled: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Sample `n` responses per prompt from `policy` (with `backend`: hf, vllm or an engine) and rank the RMs as teachers."""
-    ro = generate_with(backend, policy, tokenizer, prompts,
-                       GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, n=n, do_sample=True, seed=seed),
-                       progress=progress)
-    flat_prompts = [prompts[i] for i in ro.prompt_index]
-    gold_r = _rewards(gold, flat_prompts, ro.texts).reshape(len(prompts), n) if gold is not None else None
+    """Sample `n` responses per prompt from `policy` (with `backend`: hf, vllm or an engine) and rank the RMs as teachers.
+
+    `sampled`: `sample_and_reward`'s results for consecutive chunks of `prompts`, computed already (chunked runs);
+    without it the prompts are sampled here as one chunk."""
+    if sampled is None:
+        sampled = [sample_and_reward(rms, policy, tokenizer, prompts, n=n, gold=gold, max_new_tokens=max_new_tokens,
+                                     temperature=temperature, seed=seed, progress=progress, backend=backend)]
+    prompt_index, texts, offset = [], [], 0
+    for chunk in sampled:
+        prompt_index += [offset + i for i in chunk["prompt_index"]]
+        texts += chunk["texts"]
+        offset += chunk["prompts"]
+    flat_prompts = [prompts[i] for i in prompt_index]
+    gold_r = np.concatenate([c["gold"] for c in sampled]).reshape(len(prompts), n) if gold is not None else None
+    reward_of = {name: np.concatenate([c["rewards"][name] for c in sampled]) for name in rms}
     table_in, variances, per_rm, rewards = {}, {}, {}, {}
     for name, fn in rms.items():
-        r = _rewards(fn, flat_prompts, ro.texts).reshape(len(prompts), n)
+        r = reward_of[name].reshape(len(prompts), n)
         rewards[name] = r
         off = None
         if pairs:
@@ -85,9 +109,9 @@ def audit_reward_models(
         if n_gold is not None and row["onpolicy_accuracy"] is not None and np.isfinite(row["onpolicy_accuracy"]):
             # On-policy accuracy weights prompts equally; the interval treats its n gold-ordered pairs as independent.
             row.update(onpolicy_n=n_gold, onpolicy_interval=list(wilson_interval(row["onpolicy_accuracy"] * n_gold, n_gold)))
-    samples = [{"row": ro.prompt_index[k] + 1, "prompt": flat_prompts[k], "response": ro.texts[k],
+    samples = [{"row": prompt_index[k] + 1, "prompt": flat_prompts[k], "response": texts[k],
                 "rewards": {name: float(r.reshape(-1)[k]) for name, r in rewards.items()},
-                "gold": None if gold_r is None else float(gold_r.reshape(-1)[k])} for k in range(len(ro.texts))]
+                "gold": None if gold_r is None else float(gold_r.reshape(-1)[k])} for k in range(len(texts))]
     return {"prompts": len(prompts), "samples_per_prompt": n, "variances": variances, "per_rm": per_rm, "teacher_table": table,
             "gold_mean": None if gold_r is None else float(gold_r.mean()), "gold_decisive_pairs": n_gold, "samples": samples}
 

@@ -46,12 +46,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="send plain-text prompts as one user message (the chat template of an instruct model applies)")
     r.add_argument("--pairs", help="pairwise data for off-policy accuracy (a file, a folder, or hf:NAME[:SUBSET][@SPLIT])")
     r.add_argument("--gold", help="gold reward (module:function or lab:gold) for on-policy accuracy")
-    r.add_argument("--n", type=int, default=10, help="samples per prompt (at least 2: variance needs two)")
+    r.add_argument("--n", "--samples-per-prompt", dest="n", type=int, default=10,
+                   help="samples per prompt (at least 2: variance needs two); under torchrun write --samples-per-prompt "
+                        "(torchrun's own parser takes --n for a prefix of its options)")
     r.add_argument("--limit", type=int, default=100, help="number of prompts")
     r.add_argument("--max-new-tokens", type=int, default=32, help="tokens sampled per response")
     r.add_argument("--threshold", type=float, default=0.1, help="standardised variance below which a prompt is 'low variance'")
     r.add_argument("--out", default="audit", help="output folder (reward_variance.json, teacher_table.json, samples.jsonl, alignscope.json)")
     r.add_argument("--seed", type=int, default=0, help="sampling seed")
+    r.add_argument("--chunk-prompts", type=number(int, ge=1), default=16,
+                   help="prompts sampled, rewarded and saved at a time (what a kill can lose; each chunk has its own seed, so "
+                        "processes of `torchrun`/`accelerate launch` share them out and give the numbers of one)")
+    r.add_argument("--resume", action="store_true", help="continue an audit that was killed: chunks already sampled are kept")
     r.add_argument("--reward-timeout", type=number(float, gt=0), help="seconds one call of a reward function may take before the command stops with an error naming it (default: no limit)")
     add_device_arguments(r)
     add_rollout_arguments(r)
@@ -157,16 +163,17 @@ def check_rm_args(args: argparse.Namespace) -> Path:
 
 def run_rm(args: argparse.Namespace) -> int:
     from alignscope import run_files as rf
+    from alignscope.audits.chunks import CHUNKS_DIR, distributed, finish, run_in_chunks
     from alignscope.audits.outputs import command_line
     from alignscope.audits.reward_model import (
         audit_reward_models,
         format_table,
+        sample_and_reward,
         write_outputs,
     )
     from alignscope.data.loader import load_data, parse_mapping
-    from alignscope.rewards.sources import load_reward_source
-
     from alignscope.models.device import load_placed, placement_from_args
+    from alignscope.rewards.sources import load_reward_source
     from alignscope.rollout.options import rollout_options_from_args
 
     placement, rollout = placement_from_args(args), rollout_options_from_args(args)  # a bad device fails before any work
@@ -177,19 +184,34 @@ def run_rm(args: argparse.Namespace) -> int:
     policy, tok = load_placed(args.policy, placement)
     rms = {spec: load_reward_source(spec, placement=placement, timeout=args.reward_timeout) for spec in args.rm}
     gold = load_reward_source(args.gold, placement=placement, timeout=args.reward_timeout) if args.gold else None
+    rank, world, barrier = distributed()
     engine = None
     if rollout.rollout_backend == "vllm":
         from alignscope.rollout.vllm import VLLMGenerator
 
         engine = VLLMGenerator.for_model(policy, tok, options=rollout, dtype=placement.dtype_name, seed=args.seed)
+
+    def chunk(k: int, start: int, stop: int) -> dict:
+        return sample_and_reward(rms, policy, tok, prompts[start:stop], n=args.n, gold=gold, max_new_tokens=args.max_new_tokens,
+                                 temperature=1.0, seed=args.seed * 1_000_003 + k, backend=engine or "hf",
+                                 progress=f"sampling prompts {start + 1}-{stop} of {len(prompts)} x {args.n}" if rank == 0 else None)
+
+    settings = {"prompts": args.prompts, "policy": args.policy, "rm": args.rm, "gold": args.gold, "n": args.n, "limit": args.limit,
+                "max_new_tokens": args.max_new_tokens, "seed": args.seed, "as_chat": args.as_chat, "map": args.map,
+                "dtype": placement.dtype_name, "backend": rollout.rollout_backend}
+    chunks = out / CHUNKS_DIR
     try:
-        result = audit_reward_models(rms, policy, tok, prompts, n=args.n, pairs=pairs, gold=gold,
-                                     max_new_tokens=args.max_new_tokens, threshold=args.threshold, seed=args.seed,
-                                     progress=f"sampling {len(prompts)} prompts x {args.n}", backend=engine or "hf")
+        sampled = run_in_chunks(len(prompts), args.chunk_prompts, chunks, settings, chunk, resume=args.resume, rank=rank,
+                                world=world, barrier=barrier)
     finally:
         if engine is not None:
             engine.close()
+    if sampled is None:  # another process of a distributed run: the main one writes the results
+        return 0
+    result = audit_reward_models(rms, policy, tok, prompts, n=args.n, pairs=pairs, gold=gold, max_new_tokens=args.max_new_tokens,
+                                 threshold=args.threshold, seed=args.seed, sampled=sampled)
     write_outputs(result, out, command_line(args, "audit rm"))
+    finish(chunks)
     print(format_table(result))
     print(f"written: {out / rf.TEACHER_TABLE}, {out / rf.REWARD_VARIANCE}, {out / rf.SAMPLES} ({rf.ROW_CONVENTION} of --prompts)")
     return 0

@@ -20,7 +20,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--as-chat", action="store_true",
                    help="send plain-text prompts as one user message (the chat template of an instruct model applies)")
     p.add_argument("--reward", required=True, help="reward: module:function, a reward-model folder, or lab:gold")
-    p.add_argument("--n", type=number(int, ge=1), default=8, help="samples per prompt (>= 1; select-prompts needs >= 2)")
+    p.add_argument("--n", "--samples-per-prompt", dest="n", type=number(int, ge=1), default=8,
+                   help="samples per prompt (>= 1; select-prompts needs >= 2); under torchrun write --samples-per-prompt")
     p.add_argument("--max-new-tokens", type=number(int, ge=1), default=32, help="longest response in tokens (>= 1)")
     p.add_argument("--temperature", type=number(float, gt=0), default=1.0, help="sampling temperature (> 0)")
     p.add_argument("--limit", type=number(int, ge=1), help="use only the first N prompts (>= 1)")
