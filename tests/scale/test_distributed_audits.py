@@ -118,3 +118,19 @@ def test_a_killed_audit_rm_resumes_from_its_chunks(tmp_path, rm_prompts):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming: {done} of 16 chunks" in resumed.stdout
     assert rm_results(out) == rm_results(tmp_path / "whole")
+
+
+@pytest.mark.parametrize("command", ["bon", "select-prompts"])
+def test_sampling_commands_two_processes_write_what_one_writes(tmp_path, rm_prompts, command):
+    def argv(launcher: list[str], out: Path) -> list[str]:
+        return launcher + [command, "--policy", "lab:tiny", "--prompts", str(rm_prompts), "--reward", "lab:gold",
+                           "--samples-per-prompt", "4", "--max-new-tokens", "8", "--chunk-prompts", "3", "--out", str(out)]
+
+    outs = []
+    for name, launcher in (("one", CLI), ("two", TORCHRUN)):
+        out = tmp_path / name / "out.jsonl"
+        done = subprocess.run(argv(launcher, out), env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert not list(out.parent.glob(".*.chunks"))
+        outs.append(out.read_text())
+    assert outs[0] == outs[1] and len(outs[0].splitlines()) == (16 if command == "bon" else 8)

@@ -26,6 +26,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=number(float, gt=0), default=1.0, help="sampling temperature (> 0)")
     p.add_argument("--limit", type=number(int, ge=1), help="use only the first N prompts (>= 1)")
     p.add_argument("--seed", type=number(int, ge=0), default=0, help="random seed (>= 0)")
+    p.add_argument("--chunk-prompts", type=number(int, ge=1), default=64,
+                   help="prompts sampled, rewarded and saved at a time (what a kill can lose; each chunk has its own seed, so "
+                        "processes of `torchrun`/`accelerate launch` share them out and give the numbers of one)")
+    p.add_argument("--resume", action="store_true", help="continue a run that was killed: chunks already sampled are kept")
     p.add_argument("--reward-timeout", type=number(float, gt=0), help="seconds one call of a reward function may take before the command stops with an error naming it (default: no limit)")
     add_device_arguments(p)
     add_rollout_arguments(p)
@@ -48,11 +52,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _sample(args, outputs: list[tuple[str, str]]):
-    """Check every argument (outputs included) and load the prompts and rewards, then sample: nothing slow
-    runs before a mistake a user can fix is found."""
+    """Check every argument (outputs included) and load the prompts and rewards, then sample in chunks
+    (`audits.chunks`: saved as they finish, shared out between processes, resumable): nothing slow runs
+    before a mistake a user can fix is found. None on the processes other than the main one."""
+    import torch
+
+    from alignscope.audits.chunks import distributed, finish, run_in_chunks
     from alignscope.data.loader import load_data, parse_mapping
     from alignscope.errors import ConfigError
-    from alignscope.models.device import placement_from_args
+    from alignscope.models.device import load_placed, placement_from_args
     from alignscope.rewards.sources import call_reward, load_reward_source
     from alignscope.rollout.backend import generate_with
     from alignscope.rollout.generation import GenerationConfig
@@ -66,13 +74,41 @@ def _sample(args, outputs: list[tuple[str, str]]):
         raise ConfigError(f"nothing to sample: {args.prompts} has no prompts", "give a prompt file with at least one prompt")
     reward = load_reward_source(args.reward, placement=placement, timeout=args.reward_timeout)
     gold = load_reward_source(args.gold, placement=placement, timeout=args.reward_timeout) if getattr(args, "gold", None) else None
-    ro = generate_with(rollout.rollout_backend, args.policy, None, prompts,
-                       GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, n=args.n,
-                                        do_sample=True, seed=args.seed),
-                       options=rollout, placement=placement, progress=f"sampling {len(prompts)} prompts x {args.n}")
-    flat = [prompts[i] for i in ro.prompt_index]
-    rewards = call_reward(reward, flat, ro.texts, args.reward).view(len(prompts), args.n)
-    return prompts, ro, flat, rewards, gold
+    policy, tok = load_placed(args.policy, placement)
+    rank, world, barrier = distributed()
+    engine = None
+    if rollout.rollout_backend == "vllm":
+        from alignscope.rollout.vllm import VLLMGenerator
+
+        engine = VLLMGenerator.for_model(policy, tok, options=rollout, dtype=placement.dtype_name, seed=args.seed)
+
+    def chunk(k: int, start: int, stop: int) -> dict:
+        part = prompts[start:stop]
+        ro = generate_with(engine or "hf", policy, tok, part,
+                           GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, n=args.n, do_sample=True,
+                                            seed=args.seed * 1_000_003 + k),
+                           progress=f"sampling prompts {start + 1}-{stop} of {len(prompts)} x {args.n}" if rank == 0 else None)
+        flat = [part[i] for i in ro.prompt_index]
+        return {"texts": list(ro.texts), "rewards": call_reward(reward, flat, ro.texts, args.reward).tolist()}
+
+    out = Path(outputs[0][0])
+    chunk_dir = out.parent / f".{out.name}.chunks"
+    settings = {"prompts": args.prompts, "policy": args.policy, "reward": args.reward, "n": args.n, "limit": args.limit,
+                "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "seed": args.seed, "as_chat": args.as_chat,
+                "map": args.map, "dtype": placement.dtype_name, "backend": rollout.rollout_backend}
+    try:
+        chunks = run_in_chunks(len(prompts), args.chunk_prompts, chunk_dir, settings, chunk, resume=args.resume, rank=rank,
+                               world=world, barrier=barrier)
+    finally:
+        if engine is not None:
+            engine.close()
+    if chunks is None:
+        return None
+    finish(chunk_dir)
+    texts = [t for c in chunks for t in c["texts"]]
+    rewards = torch.tensor([r for c in chunks for r in c["rewards"]], dtype=torch.float32).view(len(prompts), args.n)
+    flat = [p for p in prompts for _ in range(args.n)]
+    return prompts, texts, flat, rewards, gold
 
 
 def run_select(args: argparse.Namespace) -> int:
@@ -85,7 +121,10 @@ def run_select(args: argparse.Namespace) -> int:
         raise ConfigError(f"--n {args.n}: a reward variance needs at least 2 samples per prompt",
                           "pass --n 2 or more (the default is 8)")
     out = Path(args.out)
-    prompts, _, _, rewards, _ = _sample(args, [(args.out, "--out"), (out.with_suffix(".variances.json"), "--out's .variances.json")])
+    sampled = _sample(args, [(args.out, "--out"), (out.with_suffix(".variances.json"), "--out's .variances.json")])
+    if sampled is None:  # another process of a distributed run: the main one writes the results
+        return 0
+    prompts, _, _, rewards, _ = sampled
     var = per_prompt_variance(rewards.numpy())
     k = max(1, round(args.keep * len(prompts))) if args.keep <= 1 else min(int(args.keep), len(prompts))
     order = sorted(range(len(prompts)), key=lambda i: -var[i])[:k]
@@ -109,16 +148,19 @@ def run_bon(args: argparse.Namespace) -> int:
     from alignscope.audits.data import write_jsonl
     from alignscope.losses.policy_gradient import best_of_n_kl_bound
 
-    prompts, ro, flat, rewards, gold = _sample(args, [(args.out, "--out")])
+    sampled = _sample(args, [(args.out, "--out")])
+    if sampled is None:  # another process of a distributed run: the main one writes the results
+        return 0
+    prompts, texts, flat, rewards, gold = sampled
     best = rewards.argmax(dim=1)
     rows = []
     for i, p in enumerate(prompts):
         j = i * args.n + int(best[i])
-        rows.append({"prompt": p, "completion": ro.texts[j], "reward": float(rewards[i, best[i]])})
+        rows.append({"prompt": p, "completion": texts[j], "reward": float(rewards[i, best[i]])})
     msg = [f"best-of-{args.n} on {len(prompts)} prompts: reward {rewards.mean():.4g} (mean sample) -> {rewards.max(dim=1).values.mean():.4g} (best)",
            f"KL(best-of-n || policy) <= log n - (n-1)/n = {best_of_n_kl_bound(args.n):.4f} nats (sqrt: {math.sqrt(best_of_n_kl_bound(args.n)):.4f})"]
     if gold is not None:
-        g = torch.as_tensor(gold(flat, ro.texts), dtype=torch.float64).view(len(prompts), args.n)
+        g = torch.as_tensor(gold(flat, texts), dtype=torch.float64).view(len(prompts), args.n)
         picked = g[torch.arange(len(prompts)), best]
         for r, gv in zip(rows, picked.tolist()):
             r["gold"] = gv
