@@ -134,3 +134,16 @@ def test_sampling_commands_two_processes_write_what_one_writes(tmp_path, rm_prom
         assert not list(out.parent.glob(".*.chunks"))
         outs.append(out.read_text())
     assert outs[0] == outs[1] and len(outs[0].splitlines()) == (16 if command == "bon" else 8)
+
+
+def test_compare_rm_two_processes_write_what_one_writes(tmp_path, pairs):
+    docs = []
+    for name, launcher in (("one", CLI), ("two", TORCHRUN)):
+        out = tmp_path / name / "cmp.json"
+        argv = launcher + ["compare-rm", "--policy", "lab:tiny", "--ref", "lab:tiny", "--beta", "0.1", "--rm", "lab:gold",
+                           "--pairs", str(pairs), "--limit", "40", "--chunk-pairs", "7", "--out", str(out)]
+        done = subprocess.run(argv, env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert not list(out.parent.glob(".*.chunks"))
+        docs.append(json.loads(out.read_text())["rows"])
+    assert docs[0] == docs[1] and len(docs[0]) == 2

@@ -37,10 +37,13 @@ def implicit_rewards(policy, reference, tokenizer, prompts: list, responses: lis
     return (beta * (lp - lr)).double().numpy()
 
 
-def _evaluate(reward: Callable[[list, list[str]], Any], pairs: list[PairExample]) -> dict[str, Any]:
+def reward_pairs(reward: Callable[[list, list[str]], Any], pairs: list[PairExample]) -> tuple[np.ndarray, np.ndarray]:
+    """The reward of each pair's chosen and rejected response: the expensive part, done per chunk of pairs."""
     prompts = [p.prompt for p in pairs]
-    c = call_reward(reward, prompts, [p.chosen for p in pairs]).numpy()
-    r = call_reward(reward, prompts, [p.rejected for p in pairs]).numpy()
+    return call_reward(reward, prompts, [p.chosen for p in pairs]).numpy(), call_reward(reward, prompts, [p.rejected for p in pairs]).numpy()
+
+
+def _evaluate(c: np.ndarray, r: np.ndarray) -> dict[str, Any]:
     scale = np.std(np.concatenate([c, r])) or 1.0
     acc = accuracy_with_interval(c, r)
     return {"accuracy": acc["accuracy"], "n_decisive": acc["n_decisive"], "interval": [acc["low"], acc["high"]],
@@ -54,14 +57,17 @@ def set_length_bias(pairs: list[PairExample]) -> dict[str, Any]:
 
 def compare_reward_models(
     rewards: dict[str, Callable[[list, list[str]], Any]], sets: dict[str, list[PairExample]], log: Callable[[str], None] | None = None,
+    scores: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per (reward, evaluation set): accuracy (ties ½) with n and interval, margin over the rewards' std."""
+    """One row per (reward, evaluation set): accuracy (ties ½) with n and interval, margin over the rewards' std.
+    `scores[(reward, set)]`: the (chosen, rejected) rewards, computed already (chunked runs); else scored here."""
     rows = []
     for name, fn in rewards.items():
         for set_name, pairs in sets.items():
-            if log is not None:
+            if scores is None and log is not None:
                 log(f"compare-rm: scoring {name} on {set_name} ({len(pairs)} pairs)")
-            rows.append({"reward": name, "set": set_name, "pairs": len(pairs), **_evaluate(fn, pairs)})
+            c, r = scores[(name, set_name)] if scores is not None else reward_pairs(fn, pairs)
+            rows.append({"reward": name, "set": set_name, "pairs": len(pairs), **_evaluate(c, r)})
     return rows
 
 

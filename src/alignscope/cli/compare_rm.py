@@ -22,6 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="use only the first N pairs of each set")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass of the implicit reward")
     p.add_argument("--out", help="write the rows, length biases and settings as JSON here (a file, or a folder for compare_rm.json)")
+    p.add_argument("--chunk-pairs", type=number(int, ge=1), default=256,
+                   help="pairs scored and saved at a time (what a kill can lose; processes of `torchrun`/`accelerate launch` "
+                        "share them out)")
+    p.add_argument("--resume", action="store_true", help="continue a run that was killed: chunks already scored are kept")
     p.add_argument("--reward-timeout", type=number(float, gt=0), help="seconds one call of a reward function may take before the command stops with an error naming it (default: no limit)")
     add_device_arguments(p)
     p.set_defaults(func=run)
@@ -80,7 +84,30 @@ def run(args: argparse.Namespace) -> int:
                                                                  progress=f"implicit reward, {len(r)} responses"),
         f"explicit ({args.rm})": explicit,
     }
-    rows = compare_reward_models(rewards, sets, log=print)
+    import numpy as np
+
+    from alignscope.audits.chunks import distributed, finish, run_in_chunks
+    from alignscope.audits.compare_rm import reward_pairs
+
+    rank, world, barrier = distributed()
+    chunk_root = (out.parent / f".{out.name}.chunks") if out is not None else Path(".compare_rm.chunks")
+    scores = {}
+    for set_name, pairs in sets.items():
+        def chunk(k: int, start: int, stop: int, pairs=pairs, set_name=set_name) -> dict:
+            if rank == 0:
+                print(f"compare-rm: scoring {set_name} pairs {start + 1}-{stop} of {len(pairs)}")
+            return {name: [x.tolist() for x in reward_pairs(fn, pairs[start:stop])] for name, fn in rewards.items()}
+
+        got = run_in_chunks(len(pairs), args.chunk_pairs, chunk_root / set_name, {**settings, "set": set_name, "pairs": args.pairs,
+                            "shifted": args.shifted, "limit": args.limit, "rm": args.rm}, chunk, resume=args.resume, rank=rank,
+                            world=world, barrier=barrier)
+        for name in rewards:
+            if got is not None:
+                scores[(name, set_name)] = (np.concatenate([c[name][0] for c in got]), np.concatenate([c[name][1] for c in got]))
+    if rank != 0:  # another process of a distributed run: the main one writes the results
+        return 0
+    finish(chunk_root)
+    rows = compare_reward_models(rewards, sets, log=print, scores=scores)
     doc = comparison_doc(rows, sets, settings=settings)
     print(format_comparison(doc))
     if out is not None:
