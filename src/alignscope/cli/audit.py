@@ -174,6 +174,7 @@ def run_rm(args: argparse.Namespace) -> int:
     from alignscope.data.loader import load_data, parse_mapping
     from alignscope.models.device import load_placed, placement_from_args
     from alignscope.rewards.sources import load_reward_source
+    from alignscope.rollout.backend import sampling_engine
     from alignscope.rollout.options import rollout_options_from_args
 
     placement, rollout = placement_from_args(args), rollout_options_from_args(args)  # a bad device fails before any work
@@ -185,27 +186,19 @@ def run_rm(args: argparse.Namespace) -> int:
     rms = {spec: load_reward_source(spec, placement=placement, timeout=args.reward_timeout) for spec in args.rm}
     gold = load_reward_source(args.gold, placement=placement, timeout=args.reward_timeout) if args.gold else None
     rank, world, barrier = distributed()
-    engine = None
-    if rollout.rollout_backend == "vllm":
-        from alignscope.rollout.vllm import VLLMGenerator
-
-        engine = VLLMGenerator.for_model(policy, tok, options=rollout, dtype=placement.dtype_name, seed=args.seed)
 
     def chunk(k: int, start: int, stop: int) -> dict:
         return sample_and_reward(rms, policy, tok, prompts[start:stop], n=args.n, gold=gold, max_new_tokens=args.max_new_tokens,
-                                 temperature=1.0, seed=args.seed * 1_000_003 + k, backend=engine or "hf",
+                                 temperature=1.0, seed=args.seed * 1_000_003 + k, backend=engine,
                                  progress=f"sampling prompts {start + 1}-{stop} of {len(prompts)} x {args.n}" if rank == 0 else None)
 
     settings = {"prompts": args.prompts, "policy": args.policy, "rm": args.rm, "gold": args.gold, "n": args.n, "limit": args.limit,
                 "max_new_tokens": args.max_new_tokens, "seed": args.seed, "as_chat": args.as_chat, "map": args.map,
                 "dtype": placement.dtype_name, "backend": rollout.rollout_backend}
     chunks = out / CHUNKS_DIR
-    try:
+    with sampling_engine(rollout, policy, tok, placement, args.seed) as engine:
         sampled = run_in_chunks(len(prompts), args.chunk_prompts, chunks, settings, chunk, resume=args.resume, rank=rank,
                                 world=world, barrier=barrier)
-    finally:
-        if engine is not None:
-            engine.close()
     if sampled is None:  # another process of a distributed run: the main one writes the results
         return 0
     result = audit_reward_models(rms, policy, tok, prompts, n=args.n, pairs=pairs, gold=gold, max_new_tokens=args.max_new_tokens,

@@ -62,7 +62,7 @@ def _sample(args, outputs: list[tuple[str, str]]):
     from alignscope.errors import ConfigError
     from alignscope.models.device import load_placed, placement_from_args
     from alignscope.rewards.sources import call_reward, load_reward_source
-    from alignscope.rollout.backend import generate_with
+    from alignscope.rollout.backend import generate_with, sampling_engine
     from alignscope.rollout.generation import GenerationConfig
     from alignscope.rollout.options import rollout_options_from_args
 
@@ -76,15 +76,10 @@ def _sample(args, outputs: list[tuple[str, str]]):
     gold = load_reward_source(args.gold, placement=placement, timeout=args.reward_timeout) if getattr(args, "gold", None) else None
     policy, tok = load_placed(args.policy, placement)
     rank, world, barrier = distributed()
-    engine = None
-    if rollout.rollout_backend == "vllm":
-        from alignscope.rollout.vllm import VLLMGenerator
-
-        engine = VLLMGenerator.for_model(policy, tok, options=rollout, dtype=placement.dtype_name, seed=args.seed)
 
     def chunk(k: int, start: int, stop: int) -> dict:
         part = prompts[start:stop]
-        ro = generate_with(engine or "hf", policy, tok, part,
+        ro = generate_with(engine, policy, tok, part,
                            GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, n=args.n, do_sample=True,
                                             seed=args.seed * 1_000_003 + k),
                            progress=f"sampling prompts {start + 1}-{stop} of {len(prompts)} x {args.n}" if rank == 0 else None)
@@ -96,12 +91,9 @@ def _sample(args, outputs: list[tuple[str, str]]):
     settings = {"prompts": args.prompts, "policy": args.policy, "reward": args.reward, "n": args.n, "limit": args.limit,
                 "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "seed": args.seed, "as_chat": args.as_chat,
                 "map": args.map, "dtype": placement.dtype_name, "backend": rollout.rollout_backend}
-    try:
+    with sampling_engine(rollout, policy, tok, placement, args.seed) as engine:
         chunks = run_in_chunks(len(prompts), args.chunk_prompts, chunk_dir, settings, chunk, resume=args.resume, rank=rank,
                                world=world, barrier=barrier)
-    finally:
-        if engine is not None:
-            engine.close()
     if chunks is None:
         return None
     finish(chunk_dir)

@@ -7,6 +7,9 @@ passes it as the backend, calling its `sync(policy)` after each optimizer step.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from torch import nn
 
 from alignscope.data.records import Prompt
@@ -49,3 +52,18 @@ def generate_with(
         finally:
             engine.close()
     raise ConfigError(f"unknown rollout backend '{backend}'", "use rollout_backend=hf or vllm")
+
+
+@contextlib.contextmanager
+def sampling_engine(options: RolloutOptions, policy: nn.Module, tokenizer, placement: Placement, seed: int = 0
+                    ) -> Iterator[str | VLLMGenerator]:
+    """What `generate_with` should sample with for a block of calls: "hf", or one vLLM engine on the policy's
+    weights (built once, closed after the block)."""
+    if options.rollout_backend != "vllm":
+        yield "hf"
+        return
+    engine = VLLMGenerator.for_model(policy, tokenizer, options=options, dtype=placement.dtype_name, seed=seed)
+    try:
+        yield engine
+    finally:
+        engine.close()
