@@ -74,12 +74,13 @@ def test_selected_prompts_train_trl_s_grpo(kind, lab_tiny, tmp_path):
     from trl import GRPOConfig, GRPOTrainer
 
     world = default_world(0)
-    prompts = _write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": _prompt(p.prompt, kind)} for p in prompt_data(world, 12, seed=2)])
+    prompts = _write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": _prompt(p.prompt, kind), "answer": f"a{i}"}
+                                                        for i, p in enumerate(prompt_data(world, 12, seed=2))])
     out = tmp_path / "selected.jsonl"
     assert main(["select-prompts", "--policy", "lab:tiny", "--prompts", str(prompts), "--reward", "lab:gold", "--n", "4",
                  "--max-new-tokens", "8", "--keep", "0.5", "--out", str(out)]) == 0
     dataset = load_dataset("json", data_files=str(out), split="train")
-    assert len(dataset) == 6 and "prompt" in dataset.column_names
+    assert len(dataset) == 6 and {"prompt", "answer", "reward_variance"} <= set(dataset.column_names)
     assert all(is_conversational(row) == (kind == "chat") for row in dataset)
 
     seen: list[dict] = []
@@ -98,3 +99,4 @@ def test_selected_prompts_train_trl_s_grpo(kind, lab_tiny, tmp_path):
     assert _trained(trainer)
     # The extra column reaches TRL's reward functions as a keyword, as any dataset column does.
     assert seen and all(len(kw["reward_variance"]) == 4 for kw in seen)
+    assert all(a.startswith("a") for kw in seen for a in kw["answer"])  # the prompt file's own columns are kept

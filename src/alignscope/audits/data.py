@@ -205,7 +205,7 @@ def pair_record(ex: PairExample) -> dict[str, Any]:
 
 
 def write_jsonl(records: list[dict[str, Any]], path: Path) -> None:
-    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records))
 
 
 def parse_filter(spec: str) -> dict[str, float]:

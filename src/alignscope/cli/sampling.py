@@ -69,7 +69,8 @@ def _sample(args, outputs: list[tuple[str, str]]):
     placement, rollout = placement_from_args(args), rollout_options_from_args(args)  # a bad device fails before any work
     for path, flag in outputs:
         check_output(path, flag)
-    prompts = [ex.prompt for ex in load_data(args.prompts, mapping=parse_mapping(args.map), as_chat=args.as_chat).examples][: args.limit]
+    examples = load_data(args.prompts, mapping=parse_mapping(args.map), as_chat=args.as_chat).examples[: args.limit]
+    prompts = [ex.prompt for ex in examples]
     if not prompts:
         raise ConfigError(f"nothing to sample: {args.prompts} has no prompts", "give a prompt file with at least one prompt")
     reward = load_reward_source(args.reward, placement=placement, timeout=args.reward_timeout)
@@ -100,7 +101,7 @@ def _sample(args, outputs: list[tuple[str, str]]):
     texts = [t for c in chunks for t in c["texts"]]
     rewards = torch.tensor([r for c in chunks for r in c["rewards"]], dtype=torch.float32).view(len(prompts), args.n)
     flat = [p for p in prompts for _ in range(args.n)]
-    return prompts, texts, flat, rewards, gold
+    return prompts, texts, flat, rewards, gold, [dict(ex.meta) for ex in examples]
 
 
 def run_select(args: argparse.Namespace) -> int:
@@ -116,11 +117,12 @@ def run_select(args: argparse.Namespace) -> int:
     sampled = _sample(args, [(args.out, "--out"), (out.with_suffix(".variances.json"), "--out's .variances.json")])
     if sampled is None:  # another process of a distributed run: the main one writes the results
         return 0
-    prompts, _, _, rewards, _ = sampled
+    prompts, _, _, rewards, _, columns = sampled
     var = per_prompt_variance(rewards.numpy())
     k = max(1, round(args.keep * len(prompts))) if args.keep <= 1 else min(int(args.keep), len(prompts))
     order = sorted(range(len(prompts)), key=lambda i: -var[i])[:k]
-    write_jsonl([{"prompt": prompts[i], "reward_variance": float(var[i])} for i in sorted(order)], out)
+    # The prompt file's other columns (a GSM8K answer, say) stay: TRL hands every column to its reward functions.
+    write_jsonl([{**columns[i], "prompt": prompts[i], "reward_variance": float(var[i])} for i in sorted(order)], out)
     write_text(out.with_suffix(".variances.json"), json.dumps([float(v) for v in var]))
     zero = int((var <= 1e-12).sum())
     print(f"{len(prompts)} prompts x {args.n} samples: mean reward variance {var.mean():.4g}, {zero} with zero variance")
@@ -143,7 +145,7 @@ def run_bon(args: argparse.Namespace) -> int:
     sampled = _sample(args, [(args.out, "--out")])
     if sampled is None:  # another process of a distributed run: the main one writes the results
         return 0
-    prompts, texts, flat, rewards, gold = sampled
+    prompts, texts, flat, rewards, gold, _ = sampled
     best = rewards.argmax(dim=1)
     rows = []
     for i, p in enumerate(prompts):
