@@ -17,6 +17,8 @@ from alignscope.rollout import (
     generate,
     generate_with,
 )
+from alignscope.models.device import resolve_placement
+from alignscope.rollout.backend import sampling_engine
 from scale.standin_engine import StandInEngine
 
 PROMPTS = ["What is the capital of France?", "Please answer the question", "Numbers: 0 1 2"]
@@ -112,7 +114,8 @@ def test_generate_with_backends(tiny_model, bpe_tokenizer, monkeypatch):
         generate_with("tgi", tiny_model, bpe_tokenizer, PROMPTS, cfg)
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(ModelError, match="vLLM is not installed"):
-        generate_with("vllm", tiny_model, bpe_tokenizer, PROMPTS, cfg)
+        with sampling_engine(RolloutOptions(rollout_backend="vllm"), tiny_model, bpe_tokenizer, resolve_placement("cpu")):
+            pass
     with pytest.raises(ConfigError, match="sleep_mode"):
         RolloutOptions(vllm_enable_sleep_mode=True)
 

@@ -1,8 +1,6 @@
-"""One entry point for sampling with either engine: `generate_with(backend, ...)`.
-
-`bon`, `select-prompts`, `audit rm` and `train rl` call it with `rollout_backend` (hf or vllm);
-the caller that samples repeatedly from a changing policy (RL) keeps the `VLLMGenerator` and
-passes it as the backend, calling its `sync(policy)` after each optimizer step.
+"""Sampling with either engine: `sampling_engine` picks "hf" or builds one vLLM engine for a block of
+calls, and `generate_with` samples with it. `bon`, `select-prompts` and `audit rm` use both; `train rl`
+keeps its own `VLLMGenerator` and calls its `sync(policy)` after each step's updates.
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ from torch import nn
 
 from alignscope.data.records import Prompt
 from alignscope.errors import ConfigError
-from alignscope.models.device import Placement, load_placed, resolve_placement
+from alignscope.models.device import Placement
 from alignscope.rollout.generation import GenerationConfig, Rollout, generate
 from alignscope.rollout.options import RolloutOptions
 from alignscope.rollout.vllm import VLLMGenerator
@@ -22,36 +20,21 @@ from alignscope.rollout.vllm import VLLMGenerator
 
 def generate_with(
     backend: str | VLLMGenerator,
-    model: nn.Module | str,
+    model: nn.Module,
     tokenizer,
     prompts: list[Prompt],
     cfg: GenerationConfig,
     *,
-    options: RolloutOptions | None = None,
-    placement: Placement | None = None,
     batch_size: int = 64,
     progress: str | None = None,
 ) -> Rollout:
-    """Sample `cfg.n` responses per prompt from `model` (a loaded model or a model spec) with `backend`.
-
-    "hf": transformers `generate` (a spec is loaded with `placement`); "vllm": a vLLM engine built on
-    the model for this call; a `VLLMGenerator`: that engine as it is.
-    """
+    """Sample `cfg.n` responses per prompt from `model`: "hf" with transformers `generate`, or with a
+    `VLLMGenerator` (from `sampling_engine`) as it is."""
     if isinstance(backend, VLLMGenerator):
         return backend.generate(prompts, cfg)
     if backend == "hf":
-        if isinstance(model, str):
-            model, tokenizer = load_placed(model, placement or resolve_placement())
         return generate(model, tokenizer, prompts, cfg, batch_size=batch_size, progress=progress)
-    if backend == "vllm":
-        opts = options or RolloutOptions(rollout_backend="vllm")
-        dtype = placement.dtype_name if placement is not None else "auto"
-        engine = VLLMGenerator.for_model(model, tokenizer, options=opts, dtype=dtype, seed=cfg.seed or 0)
-        try:
-            return engine.generate(prompts, cfg)
-        finally:
-            engine.close()
-    raise ConfigError(f"unknown rollout backend '{backend}'", "use rollout_backend=hf or vllm")
+    raise ConfigError(f"unknown rollout backend '{backend}'", "use rollout_backend=hf, or a vLLM engine from sampling_engine")
 
 
 @contextlib.contextmanager
