@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from alignscope.data.loader import apply_mapping, resolve_format
+from alignscope.data.loader import apply_mapping, rename_columns, resolve_format
 from alignscope.data.records import (
     Example,
     PairExample,
@@ -184,19 +184,6 @@ HEAD_ITEMS = 20_000  # at most this many lines are held while looking for them (
 CHUNK_ROWS = 256
 
 
-def _rename(rows: list[RawRow], mapping: dict[str, str] | None) -> None:
-    """`loader.apply_mapping`'s renaming, without its check that each column exists somewhere (done once, on the
-    head of the file; a chunk need not hold every column)."""
-    if not mapping:
-        return
-    for row in rows:
-        d = row.data
-        moved = {new: d[old] for new, old in mapping.items() if old in d}
-        for old in set(mapping.values()) - set(mapping):
-            d.pop(old, None)
-        d.update(moved)
-
-
 class StreamInspection:
     """`data inspect` over a file of any size: the file is read as it is inspected, in chunks of 256 rows, so memory
     holds one chunk plus a few numbers per row (`_Tally`), and `--limit N` reads only the first N rows.
@@ -259,7 +246,8 @@ class StreamInspection:
         bar = tqdm(total=size or None, desc="inspecting", unit="B", unit_scale=True, disable=not progress, leave=False)
         for chunk in self._chunks():
             rows = [x for x in chunk if isinstance(x, RawRow)]
-            _rename(rows, self.mapping)
+            if self.mapping:
+                rename_columns(rows, self.mapping)
             conv = convert_rows(rows, self.fmt, self.source, "collect", [x for x in chunk if not isinstance(x, RawRow)])
             tally.add(len(chunk), conv.examples, conv.errors)
             bar.update(max(0, min(self.stream.position(), size) - bar.n))

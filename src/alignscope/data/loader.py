@@ -168,13 +168,19 @@ def apply_mapping(rows: list[RawRow], mapping: dict[str, str] | None, source: st
             reverse = f"; write TRL's name first: --map {old}={new}" if new in present else ""
             raise DataError(f"--map {new}={old}: the data has no column '{old}'" + did_you_mean(old, present),
                             f"columns are: {sorted(present)}{reverse}", source=source)
+    rename_columns(rows, mapping)
+    return rows
+
+
+def rename_columns(rows: list[RawRow], mapping: dict[str, str]) -> None:
+    """The renaming alone, in place ({trl_name: your_name}); `apply_mapping` checks the columns exist first,
+    and a streamed reader, whose chunk need not hold every column, checks once on the file's head."""
     for row in rows:
         d = row.data
         moved = {new: d[old] for new, old in mapping.items() if old in d}
         for old in set(mapping.values()) - set(mapping):
             d.pop(old, None)
         d.update(moved)
-    return rows
 
 
 def resolve_format(raw: RawData, format: str | None) -> tuple[str, str]:
