@@ -173,7 +173,7 @@ class FunctionReward(RewardSource):
         check_reward_signature(self.fn, self.name)
 
     def __call__(self, prompts: list[Prompt], responses: list[str]) -> torch.Tensor:
-        from alignscope.rewards.weighted import call_with_timeout, first_bad, short_prompt
+        from alignscope.rewards.weighted import call_with_timeout, first_bad, first_failing, short_prompt
 
         _check_lengths(prompts, responses)
         where = f"reward '{self.name}'"
@@ -186,7 +186,7 @@ class FunctionReward(RewardSource):
         if not ok:
             if isinstance(out, AlignscopeError):
                 raise out
-            culprit = self._culprit(prompts, responses)
+            culprit = first_failing(self.fn, prompts, responses, self.timeout)
             at = (f" on the response {responses[culprit]!r:.60} to prompt {short_prompt(prompts[culprit])}" if culprit is not None
                   else f" on a batch of {len(responses)} responses" + (f" (first prompt {short_prompt(prompts[0])})" if prompts else ""))
             raise RewardError(f"{where} raised {type(out).__name__}: {str(out)[:300]}{at}",
@@ -204,19 +204,6 @@ class FunctionReward(RewardSource):
                 raise RewardError(f"{where} returned {kind} for the response {responses[i]!r:.60} to prompt {short_prompt(prompts[i])}",
                                   "return a finite float for every response")
         return as_rewards(out, len(responses), f"'{self.name}'")
-
-    def _culprit(self, prompts: list[Prompt], responses: list[str]) -> int | None:
-        """The first (prompt, response) on which the function raises when called alone (bounded by the timeout)."""
-        from alignscope.rewards.weighted import call_with_timeout
-
-        for i, (p, r) in enumerate(zip(prompts, responses)):
-            try:
-                ok, _ = call_with_timeout(lambda p=p, r=r: self.fn([p], [r]), self.timeout)
-            except TimeoutError:
-                return i
-            if not ok:
-                return i
-        return None
 
 
 Encoding = Literal["auto", "training", "chat"]

@@ -62,6 +62,19 @@ def call_with_timeout(fn: Callable[[], Any], timeout: float | None) -> tuple[boo
     return True, box.get("value")
 
 
+def first_failing(fn: Callable[[list, list], Any], prompts: Sequence[Prompt], responses: Sequence[str], timeout: float | None) -> int | None:
+    """The index of the first (prompt, response) on which `fn` raises (or hangs) when called on it alone:
+    what a failure of the whole batch is reported with."""
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        try:
+            ok, _ = call_with_timeout(lambda p=p, r=r: fn([p], [r]), timeout)
+        except TimeoutError:
+            return i
+        if not ok:
+            return i
+    return None
+
+
 def first_bad(values: Any) -> tuple[int, str] | None:
     """Index and kind of the first entry that is not a finite number."""
     items = values.detach().cpu().reshape(-1).tolist() if isinstance(values, torch.Tensor) else list(values)
@@ -110,7 +123,7 @@ class WeightedRewards:
             raise TrainingError(f"{where}: {out.problem}", f"{out.fix}; the last checkpoint is kept (resume with --resume)"
                                 if out.fix else fix) from None
         if not ok:
-            culprit = self._find_culprit(term, prompts, responses)
+            culprit = first_failing(term.source, prompts, responses, self.timeout)
             at = f" on prompt {short_prompt(prompts[culprit])}" if culprit is not None else f" on a batch of {len(responses)} (first prompt {short_prompt(prompts[0])})"
             raise TrainingError(f"{where} raised {type(out).__name__}: {out}{at}", fix) from out
         if isinstance(out, (str, bytes)) or not hasattr(out, "__len__") or getattr(out, "ndim", None) == 0:  # 0-d: len() raises
@@ -124,17 +137,6 @@ class WeightedRewards:
             raise TrainingError(f"{where} returned {kind} for the response {responses[i]!r:.60} to prompt {short_prompt(prompts[i])}",
                                 "return a finite float for every response; " + fix)
         return torch.as_tensor(out.detach().cpu() if isinstance(out, torch.Tensor) else out, dtype=torch.float32).reshape(-1)
-
-    def _find_culprit(self, term: RewardTerm, prompts: list[Prompt], responses: list[str]) -> int | None:
-        """The first (prompt, response) on which the term raises when called alone (bounded by the timeout)."""
-        for i, (p, r) in enumerate(zip(prompts, responses)):
-            try:
-                ok, _ = call_with_timeout(lambda p=p, r=r: term.source([p], [r]), self.timeout)
-            except TimeoutError:
-                return i
-            if not ok:
-                return i
-        return None
 
     def scores(self, prompts: list[Prompt], responses: list[str], step: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(weighted sum [N], {name: rewards [N]})."""
