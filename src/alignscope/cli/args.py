@@ -29,6 +29,24 @@ def number(kind: type, *, ge: float | None = None, gt: float | None = None, le: 
     return parse
 
 
+def add_chunk_arguments(parser: argparse.ArgumentParser, unit: str, default: int, *, sampled: bool) -> None:
+    """`--chunk-UNIT` and `--resume` for a command that works in chunks (`audits.chunks`)."""
+    done = "sampled, rewarded and saved" if sampled else "scored and saved"
+    seeds = "; each chunk has its own seed, so N processes give the numbers of one" if sampled else ""
+    parser.add_argument(f"--chunk-{unit}", type=number(int, ge=1), default=default,
+                        help=f"{unit} {done} at a time: what a kill can lose, and what the processes of `torchrun`/"
+                             f"`accelerate launch` share out{seeds} (>= 1)")
+    parser.add_argument("--resume", action="store_true",
+                        help=f"continue a run that was killed: the chunks already {'sampled' if sampled else 'scored'} are kept")
+
+
+def add_reward_timeout(parser: argparse.ArgumentParser) -> None:
+    """`--reward-timeout`: the same bound on user reward code as RL's `reward_timeout`."""
+    parser.add_argument("--reward-timeout", type=number(float, gt=0),
+                        help="seconds one call of a reward function may take before the command stops with an error naming it "
+                             "(default: no limit)")
+
+
 def range_text(*, ge: float | None = None, gt: float | None = None, le: float | None = None) -> str:
     low = f">= {ge:g}" if ge is not None else f"> {gt:g}" if gt is not None else ""
     if le is None:

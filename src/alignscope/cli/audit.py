@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from alignscope.cli.args import number
+from alignscope.cli.args import add_chunk_arguments, add_reward_timeout
 from alignscope.models.device import add_device_arguments
 from alignscope.rollout.options import add_rollout_arguments
 
@@ -30,9 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
     d.add_argument("--max-length", type=int, default=1024, help="prompt + response tokens kept per sequence")
     d.add_argument("--max-prompt-length", type=int, default=512, help="prompt tokens kept (from the end)")
-    d.add_argument("--chunk-pairs", type=int, default=256, help="pairs scored and saved at a time (what a kill can lose; "
-                   "the unit that processes of `torchrun`/`accelerate launch` share out)")
-    d.add_argument("--resume", action="store_true", help="continue an audit that was killed: chunks already scored are kept")
+    add_chunk_arguments(d, "pairs", 256, sampled=False)
     add_device_arguments(d)
     d.set_defaults(func=run_data)
 
@@ -54,11 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--threshold", type=float, default=0.1, help="standardised variance below which a prompt is 'low variance'")
     r.add_argument("--out", default="audit", help="output folder (reward_variance.json, teacher_table.json, samples.jsonl, alignscope.json)")
     r.add_argument("--seed", type=int, default=0, help="sampling seed")
-    r.add_argument("--chunk-prompts", type=number(int, ge=1), default=16,
-                   help="prompts sampled, rewarded and saved at a time (what a kill can lose; each chunk has its own seed, so "
-                        "processes of `torchrun`/`accelerate launch` share them out and give the numbers of one)")
-    r.add_argument("--resume", action="store_true", help="continue an audit that was killed: chunks already sampled are kept")
-    r.add_argument("--reward-timeout", type=number(float, gt=0), help="seconds one call of a reward function may take before the command stops with an error naming it (default: no limit)")
+    add_chunk_arguments(r, "prompts", 16, sampled=True)
+    add_reward_timeout(r)
     add_device_arguments(r)
     add_rollout_arguments(r)
     r.set_defaults(func=run_rm)
@@ -74,7 +69,7 @@ def check_data_args(args: argparse.Namespace) -> tuple[Path, Path, Path, Path | 
         check_output_file,
     )
 
-    for option, value, minimum in (("--limit", args.limit, 1), ("--batch-size", args.batch_size, 1), ("--chunk-pairs", args.chunk_pairs, 1),
+    for option, value, minimum in (("--limit", args.limit, 1), ("--batch-size", args.batch_size, 1),
                                    ("--max-length", args.max_length, 2), ("--max-prompt-length", args.max_prompt_length, 1)):
         check_number(value, option, minimum=minimum)
     if args.filter:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from alignscope.cli.args import number
+from alignscope.cli.args import add_chunk_arguments, add_reward_timeout
 from alignscope.models.device import add_device_arguments
 
 
@@ -22,11 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="use only the first N pairs of each set")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass of the implicit reward")
     p.add_argument("--out", help="write the rows, length biases and settings as JSON here (a file, or a folder for compare_rm.json)")
-    p.add_argument("--chunk-pairs", type=number(int, ge=1), default=256,
-                   help="pairs scored and saved at a time (what a kill can lose; processes of `torchrun`/`accelerate launch` "
-                        "share them out)")
-    p.add_argument("--resume", action="store_true", help="continue a run that was killed: chunks already scored are kept")
-    p.add_argument("--reward-timeout", type=number(float, gt=0), help="seconds one call of a reward function may take before the command stops with an error naming it (default: no limit)")
+    add_chunk_arguments(p, "pairs", 256, sampled=False)
+    add_reward_timeout(p)
     add_device_arguments(p)
     p.set_defaults(func=run)
 

@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from alignscope.cli.args import check_output, number
+from alignscope.cli.args import add_chunk_arguments, add_reward_timeout, check_output, number
 from alignscope.models.device import add_device_arguments
 from alignscope.rollout.options import add_rollout_arguments
 
@@ -26,11 +26,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=number(float, gt=0), default=1.0, help="sampling temperature (> 0)")
     p.add_argument("--limit", type=number(int, ge=1), help="use only the first N prompts (>= 1)")
     p.add_argument("--seed", type=number(int, ge=0), default=0, help="random seed (>= 0)")
-    p.add_argument("--chunk-prompts", type=number(int, ge=1), default=64,
-                   help="prompts sampled, rewarded and saved at a time (what a kill can lose; each chunk has its own seed, so "
-                        "processes of `torchrun`/`accelerate launch` share them out and give the numbers of one)")
-    p.add_argument("--resume", action="store_true", help="continue a run that was killed: chunks already sampled are kept")
-    p.add_argument("--reward-timeout", type=number(float, gt=0), help="seconds one call of a reward function may take before the command stops with an error naming it (default: no limit)")
+    add_chunk_arguments(p, "prompts", 64, sampled=True)
+    add_reward_timeout(p)
     add_device_arguments(p)
     add_rollout_arguments(p)
 
