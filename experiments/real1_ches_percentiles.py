@@ -13,7 +13,8 @@ Also measured: inside ONE joint DPO run on the union of the LN-CHES subsets, the
 correlation of each score with the fall of log pi(y+|x): the other use a user might make of the score.
 
 Run: .venv/bin/python experiments/real1_ches_percentiles.py --out runs/experiments/real1 --seed 0
-(`--quick`: one dataset, 3 bins of 4 pairs, one seed, LN-CHES only: the test's version.)
+(`--resume` after a kill: the finished subsets are read back from parts.jsonl, not retrained.
+`--quick`: one dataset, 3 bins of 4 pairs, one seed, LN-CHES only: the test's version.)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 from alignscope import run_files as rf
 from alignscope.audits.data import audit_pairs
 from alignscope.data.loader import load_data
-from alignscope.lab.experiment import finish, fresh_dir, parse_args, pyplot, save_figure
+from alignscope.lab.experiment import Memo, finish, fresh_dir, parse_args, pyplot, save_figure
 from alignscope.models.loading import load_model_and_tokenizer
 from alignscope.options import build_config
 from alignscope.training.config import TrainConfig
@@ -79,13 +80,17 @@ def dpo_change(model, tok, pairs: list, out: Path, s: dict, seed: int, path: Pat
     return np.array(rows[-1]["chosen"]) - np.array(rows[0]["chosen"])
 
 
-def run_dataset(name: str, model, tok, s: dict, out: Path, base_seed: int, log) -> dict:
+def run_dataset(name: str, model, tok, s: dict, out: Path, base_seed: int, memo: Memo, log) -> dict:
     path = DATASETS[name]
     pool = load_data(str(path), on_error="skip", rejects_path=out / f"rejects-{name}.jsonl").examples[: s["pool"]]
     t0 = time.time()
-    audit = audit_pairs(model, tok, pool, max_length=s["max_length"], max_prompt_length=s["max_prompt_length"], progress=False)
+
+    def audit() -> list[dict]:
+        rows = audit_pairs(model, tok, pool, max_length=s["max_length"], max_prompt_length=s["max_prompt_length"], progress=False).rows
+        return [{k: r[k] for k in ("ches", *SCORES)} for r in rows]
+
+    rows = memo(f"{name}/audit", audit)
     log(f"[{name}] audited {len(pool)} pairs in {time.time() - t0:.0f} s")
-    rows = audit.rows
     result: dict = {"pairs_audited": len(pool), "by_score": {}}
     joint_pairs: list[int] = []
     for score in s["scores"]:
@@ -101,7 +106,8 @@ def run_dataset(name: str, model, tok, s: dict, out: Path, base_seed: int, log) 
                 if score == "ln_ches" and k == 0:
                     joint_pairs += pick
                 t0 = time.time()
-                change = dpo_change(model, tok, [pool[i] for i in pick], out / name / score / f"bin{b}-seed{k}", s, base_seed + k, path)
+                change = np.array(memo(f"{name}/{score}/bin{b}/seed{k}", lambda: dpo_change(
+                    model, tok, [pool[i] for i in pick], out / name / score / f"bin{b}-seed{k}", s, base_seed + k, path).tolist()))
                 falls[b, k] = -float(change.mean())
                 subsets.append({"bin": b, "seed": k, "pairs": pick, "score_mean": float(values[pick].mean()),
                                 "mean_change_logp_chosen": float(change.mean()), "fraction_chosen_fell": float((change < 0).mean())})
@@ -112,7 +118,8 @@ def run_dataset(name: str, model, tok, s: dict, out: Path, base_seed: int, log) 
         result["by_score"][score] = {"falls": falls.tolist(), "spearman_bin_vs_fall": rho,
                                      "ci95": bootstrap_ci(falls, seed=base_seed), "subsets": subsets}
     t0 = time.time()
-    change = dpo_change(model, tok, [pool[i] for i in joint_pairs], out / name / "joint", s, base_seed, path)
+    change = np.array(memo(f"{name}/joint", lambda: dpo_change(model, tok, [pool[i] for i in joint_pairs], out / name / "joint", s,
+                                                                 base_seed, path).tolist()))
     result["joint"] = {"pairs": len(joint_pairs), "seconds": time.time() - t0, "mean_change_logp_chosen": float(change.mean()),
                        "spearman_vs_fall": {sc: spearman([rows[i][sc] if rows[i][sc] is not None else np.nan for i in joint_pairs], -change)
                                             for sc in ("ches", *s["scores"])}}
@@ -150,16 +157,20 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run(out: str | Path, seed: int = 0, quick: bool = False, datasets: list[str] | None = None, log=print) -> dict:
+def run(out: str | Path, seed: int = 0, quick: bool = False, datasets: list[str] | None = None, resume: bool = False,
+        scores: list[str] | None = None, log=print) -> dict:
     s = dict(QUICK if quick else FULL)
     if datasets:
         s["datasets"] = tuple(datasets)
-    out = fresh_dir(out)
+    if scores:
+        s["scores"] = tuple(scores)
+    out = fresh_dir(out, resume)
+    memo = Memo(out / "parts.jsonl")
     t0 = time.time()
     model, tok = load_model_and_tokenizer("smollm2")
     result = {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in s.items()}, "seed": seed, "datasets": {}}
     for name in s["datasets"]:
-        result["datasets"][name] = run_dataset(name, model, tok, s, out, seed, log)
+        result["datasets"][name] = run_dataset(name, model, tok, s, out, seed, memo, log)
     result["seconds"] = time.time() - t0
     finish(out, result, plot, "ches_percentiles.png", table, log)
     log(f"wall time {result['seconds']:.0f} s")
@@ -167,6 +178,9 @@ def run(out: str | Path, seed: int = 0, quick: bool = False, datasets: list[str]
 
 
 if __name__ == "__main__":
-    a = parse_args(__doc__, "real1", lambda ap: ap.add_argument("--datasets", nargs="+", choices=sorted(DATASETS),
-                                                                help="which datasets (default: both)"))
-    run(a.out, a.seed, a.quick, a.datasets)
+    def options(ap) -> None:
+        ap.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), help="which datasets (default: both)")
+        ap.add_argument("--scores", nargs="+", choices=SCORES, help="which scores cut the pool into bins (default: all three)")
+
+    a = parse_args(__doc__, "real1", options)
+    run(a.out, a.seed, a.quick, a.datasets, a.resume, a.scores)

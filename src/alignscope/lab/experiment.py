@@ -26,6 +26,7 @@ def parse_args(doc: str, name: str, add: Callable[[argparse.ArgumentParser], Non
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="the small version the test suite runs")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--resume", action="store_true", help="keep --out and skip the parts a killed run finished (real-model scripts)")
     if add is not None:
         add(ap)
     args = ap.parse_args()
@@ -33,13 +34,41 @@ def parse_args(doc: str, name: str, add: Callable[[argparse.ArgumentParser], Non
     return args
 
 
-def fresh_dir(out: str | Path) -> Path:
-    """An empty output folder: results from an earlier run never mix with this one's."""
+def fresh_dir(out: str | Path, resume: bool = False) -> Path:
+    """An empty output folder: results from an earlier run never mix with this one's.
+    With `resume` the folder is kept, so a `Memo` in it skips what a killed run finished."""
     out = Path(out)
-    if out.exists():
+    if out.exists() and not resume:
         shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+class Memo:
+    """Results of a long script's parts, one JSON line each, appended as each part finishes.
+
+    The real-model scripts run for hours on a CPU; with `--resume` a killed run recomputes only
+    the part it was in. A part's key must name everything its result depends on."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.done: dict[str, Any] = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # the line a kill cut short: that part runs again
+                    self.done[row["key"]] = row["value"]
+
+    def __call__(self, key: str, compute: Callable[[], Any]) -> Any:
+        if key not in self.done:
+            value = compute()
+            with self.path.open("a") as f:
+                f.write(json.dumps({"key": key, "value": value}, default=float) + "\n")
+            self.done[key] = value
+        return self.done[key]
 
 
 def pyplot():

@@ -186,7 +186,10 @@ class RLConfig(DeviceOptions, RolloutOptions):
     log_completions: int = opt(8, "completions of each step written to completions.jsonl with each reward; 0 = none", ge=0)
     output_dir: str = opt("runs/rl", "the run folder: metrics, checkpoints, final model")
     steps: int = opt(50, "rollout batches (each followed by num_iterations x steps_per_generation optimizer steps)", ge=1)
-    prompts_per_step: int = opt(8, "prompts sampled per rollout batch", ge=1)
+    prompts_per_step: int = opt(8, "prompts sampled per rollout batch, over all processes (each samples an equal share)", ge=1)
+    generation_batch_size: int | None = opt(
+        None, "prompts per sampling call, each call seeded by its place in the batch, so the samples do not depend on the "
+              "number of processes; null = one call per process (seeded the same way when there are several)", ge=1)
     samples_per_prompt: int = opt(4, "completions sampled per prompt (the group size)", ge=1)
     max_new_tokens: int = opt(24, "longest completion in tokens", ge=1)
     temperature: float = opt(1.0, "sampling temperature of the rollouts", gt=0)
@@ -221,6 +224,7 @@ class RLConfig(DeviceOptions, RolloutOptions):
     variance_threshold: float = opt(1e-6, "a group's reward variance at or below this counts as flat", ge=0)
     max_refill_rounds: int = opt(4, "dynamic sampling: most refill rounds per step", ge=0)
     padding_free: bool = opt(True, "score a group's completions as one row of real tokens (sdpa; same numbers)")
+    mixed_precision: Literal["no", "bf16", "fp16"] = opt("no", "accelerate's mixed precision for the forward and backward")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward (less memory, ~30% more time)")
     lora: LoraConfig | None = opt(None, "train a LoRA adapter instead of all weights, e.g. {r: 16, alpha: 32}; the reference is the adapter disabled")
     seed: int = opt(0, "random seed (prompt order, sampling, initialisation)", ge=0, lt=2**32)
@@ -250,6 +254,9 @@ class RLConfig(DeviceOptions, RolloutOptions):
         if self.scale_rewards is not None and self.algorithm != "grpo":
             raise ConfigError(f"scale_rewards applies to algorithm grpo, not {self.algorithm}",
                               "drop scale_rewards (dr_grpo is grpo with scale_rewards: none)")
+        if self.generation_batch_size is not None and self.prompts_per_step % self.generation_batch_size:
+            raise ConfigError(f"prompts_per_step ({self.prompts_per_step}) is not a multiple of generation_batch_size "
+                              f"({self.generation_batch_size})", "make generation_batch_size divide prompts_per_step")
         if self.overlong_buffer is not None and self.overlong_buffer > self.max_new_tokens:
             raise ConfigError(f"overlong_buffer ({self.overlong_buffer}) is longer than max_new_tokens ({self.max_new_tokens})",
                               "set overlong_buffer to at most max_new_tokens")

@@ -40,7 +40,8 @@ class MetricsLogger:
                 log("alignscope: wandb is not installed; logging to metrics.jsonl only")
 
     def append_jsonl(self, name: str, row: dict[str, Any]) -> None:
-        rf.append_jsonl(self.out_dir / name, row)
+        if self.enabled:  # only the main process of a distributed run writes
+            rf.append_jsonl(self.out_dir / name, row)
 
     def log(self, row: dict[str, Any]) -> None:
         if not self.enabled:

@@ -36,7 +36,7 @@ from alignscope.diagnostics.warnings import (
 )
 from alignscope.errors import ConfigError, DataError, TrainingError
 from alignscope.losses import policy_gradient as pg
-from alignscope.models.device import Placement, load_placed
+from alignscope.models.device import Placement, load_placed, use_device
 from alignscope.models.loading import set_activation_checkpointing
 from alignscope.models.scoring import Scorer, body_and_head, pad_token_id, score_batch
 from alignscope.rewards.sources import load_reward_source
@@ -194,6 +194,70 @@ def evaluate_policy(model, tokenizer, prompts: list, rewards: WeightedRewards, g
     return out
 
 
+class _Processes:
+    """The run's processes as RL needs them: which share of each rollout batch is this one's, and the
+    gathers that let every process compute advantages, loss normalisers and metrics over the whole
+    batch (so 2 processes take the same step as 1 process with the same global batch)."""
+
+    def __init__(self, accelerator):
+        self.accelerator = accelerator
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.is_main = accelerator.is_main_process
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Every process's `t` (equal shapes) concatenated along dim 0, in rank order."""
+        return self.accelerator.gather(t.to(self.accelerator.device)) if self.world > 1 else t
+
+    def gather_list(self, items: list) -> list:
+        if self.world == 1:
+            return items
+        from accelerate.utils import gather_object
+
+        return gather_object(items)
+
+    def reduce(self, value: float, op: str) -> float:
+        """`value` summed, or its max or min, over the processes."""
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64, device=self.accelerator.device)
+        dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op])
+        return float(t.item())
+
+    def candidates(self, order: list[int], per_step: int) -> list[int]:
+        """This process's prompts of a step, in the order it samples them: its contiguous share of the
+        batch, then (dynamic sampling's refills) every world-th prompt after the batch."""
+        share = per_step // self.world
+        return order[self.rank * share : (self.rank + 1) * share] + order[per_step + self.rank :: self.world]
+
+
+def rollout_seed(seed: int, step: int, round_: int, first: int) -> int:
+    """The sampling seed of one generation call: fixed by the run's seed, the step, the refill round and
+    the position of the call's first prompt in the step's batch, so it names the same prompts whichever
+    process makes the call."""
+    return (((seed * 1_000_003 + step) * 101 + round_) * 1_000_033 + first + 1) % 2**63
+
+
+class _PolicyPass(torch.nn.Module):
+    """The policy's scoring forward (and PPO's value head) as one module, so accelerate's wrapper (DDP)
+    sees every forward that a backward follows and averages the gradients across processes."""
+
+    def __init__(self, policy: torch.nn.Module, value_head: torch.nn.Module | None):
+        super().__init__()
+        self.policy = policy
+        self.value = value_head
+
+    def forward(self, prompt_ids: list, response_ids: list, *, pad_id: int, width: int, entropy: bool, padding_free: bool):
+        scorer, head = Scorer(self.policy), body_and_head(self.policy)[1]
+        out = score_batch(scorer, prompt_ids, response_ids, pad_id=pad_id, return_token_logps=True,
+                          return_token_hidden=self.value is not None or entropy, padding_free=padding_free)
+        tok = _pad_to(out.token_logps, width)
+        values = _pad_to([self.value(h.float()).squeeze(-1) for h in out.token_hidden], width) if self.value is not None else None
+        ent = _pad_to([pg.token_entropy(head(h)) for h in out.token_hidden], width) if entropy else None
+        return tok, values, ent
+
+
 @owns_output_dir
 def train_rl(
     cfg: RLConfig, *, resume: bool = False, model=None, tokenizer=None, prompts: list | None = None,
@@ -202,11 +266,18 @@ def train_rl(
     """Run RL. In-memory `model`/`tokenizer`, `prompts`, `eval_prompts`, `reward` (a callable or
     {name: callable}) and `gold` replace the config's specs, which may then be left empty.
 
+    Under `torchrun` / `accelerate launch` each process samples and trains on an equal share of every
+    rollout batch; advantages, loss normalisers and metrics are computed over the whole batch, and
+    gradients are averaged (DDP), so the step is the one a single process takes on the same batch.
+
     Flat groups (every sample of a prompt got the same reward) have advantage 0 but keep their KL
     term when dynamic sampling is off: the KL regularises the policy on every prompt it is sampled
     on, and a flat prompt is where the reward cannot notice the drift that other prompts' updates
     cause (docs/rl.md).
     """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.output_dir)
 
@@ -227,6 +298,18 @@ def train_rl(
         if not eval_prompts:
             raise DataError(f"eval_prompts {cfg.eval_prompts} holds no prompts", "give a prompt file with at least one prompt, or drop eval_prompts")
     placement = cfg.placement()  # a GPU asked for but absent fails here, before anything is written
+    use_device(placement)
+    accelerator = Accelerator(cpu=placement.device.type == "cpu", mixed_precision=cfg.mixed_precision)
+    procs = _Processes(accelerator)
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ConfigError(f"train rl runs data-parallel (DDP); {accelerator.distributed_type.value} is not supported for RL",
+                          "launch with a DDP accelerate config (or torchrun); for a model too large for one GPU's copy use lora: "
+                          "and gradient_checkpointing: true, whose reference is the adapter disabled")
+    if cfg.prompts_per_step % procs.world or (cfg.generation_batch_size and (cfg.prompts_per_step // cfg.generation_batch_size) % procs.world):
+        raise ConfigError(f"prompts_per_step {cfg.prompts_per_step} cannot be shared equally by {procs.world} processes"
+                          + (f" in calls of generation_batch_size {cfg.generation_batch_size}" if cfg.generation_batch_size else ""),
+                          f"make prompts_per_step a multiple of {procs.world} x generation_batch_size")
+    say = log if procs.is_main else (lambda *a, **k: None)
     rewards = build_rewards(cfg, reward, placement)
     if gold is None and cfg.gold:
         gold = load_reward_source(cfg.gold)
@@ -252,35 +335,38 @@ def train_rl(
                 yield model
         finally:
             model.train(was_training)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text(out_dir / rf.CONFIG, json.dumps(asdict(cfg), indent=1, default=str))
+    if procs.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text(out_dir / rf.CONFIG, json.dumps(asdict(cfg), indent=1, default=str))
     with reference() as ref:
-        transform = fit_reward_transform(cfg, RewardTransform(cfg.reward_transform), ref, tokenizer, prompts, rewards, log) \
+        transform = fit_reward_transform(cfg, RewardTransform(cfg.reward_transform), ref, tokenizer, prompts, rewards, say) \
             if cfg.reward_transform else None
     pad_id = pad_token_id(tokenizer)
-    scorer = Scorer(model)
-    head = body_and_head(model)[1]
     ppo = cfg.algorithm == "ppo"
     value_head = None
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([{"params": params, "lr": cfg.lr}], lr=cfg.lr)
     if ppo:
         value_head = torch.nn.Linear(model.config.hidden_size, 1, device=device)
         torch.nn.init.zeros_(value_head.weight)
         torch.nn.init.zeros_(value_head.bias)
-        optimizer.add_param_group({"params": list(value_head.parameters()), "lr": cfg.value_lr})
+    policy_pass = _PolicyPass(model, value_head)
+    param_groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
+    if ppo:
+        param_groups.append({"params": list(value_head.parameters()), "lr": cfg.value_lr})
+    optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    trained, optimizer = accelerator.prepare(policy_pass, optimizer)
     kl_ctl = (
         pg.AdaptiveKLController(cfg.kl_coef, cfg.adaptive_kl_target, horizon=10 * cfg.steps)
         if cfg.adaptive_kl_target is not None
         else pg.FixedKLController(cfg.kl_coef)
     )
+    # What a checkpoint holds: the policy and, for PPO, the value head (the names older runs saved).
     trainable = torch.nn.ModuleDict({"policy": model, **({"value": value_head} if value_head is not None else {})})
     loss_type, kl_est = cfg.resolved_loss_type, cfg.resolved_kl_estimator
 
     start = 0
     if resume:
-        found = ckpt.load_latest(out_dir, log=log, model=trainable, optimizer=optimizer)
+        found = ckpt.load_latest(out_dir, log=say, model=trainable, optimizer=optimizer)
         if found is not None:
             tensors, trainer_state, state = found
             ckpt.load_model_tensors(trainable, tensors)
@@ -289,61 +375,77 @@ def train_rl(
             ckpt.set_rng_state(state["rng"], trainer_state["torch_rng"])
             start = state["step"]
             kl_ctl.value = state.get("kl_coef", kl_ctl.value)
-            log(f"resumed from step {start} of {cfg.steps}")
-    logger = MetricsLogger(out_dir, truncate_after=start if resume else 0, report_to=cfg.report_to, log=log)
+            say(f"resumed from step {start} of {cfg.steps}")
+    logger = MetricsLogger(out_dir, enabled=procs.is_main, truncate_after=start if resume else 0, report_to=cfg.report_to, log=say)
     alarms = HackingMonitor(*_logged(out_dir)) if resume and start else HackingMonitor()
-    gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, n=cfg.samples_per_prompt, do_sample=True)
+    n = cfg.samples_per_prompt
+    # One process without generation_batch_size samples from the run's random stream (one call per rollout batch);
+    # otherwise every call is seeded by where its prompts sit in the batch, whichever process makes it.
+    seeded_calls = procs.world > 1 or cfg.generation_batch_size is not None
+    call_size = cfg.generation_batch_size or cfg.prompts_per_step // procs.world
 
     def forward(idx: list[int], width: int, need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Token log-probs [b, width], PPO values and token entropies of the sequences `idx`."""
-        with torch.set_grad_enabled(need_grad):
-            out = score_batch(scorer, [p_ids[i] for i in idx], [r_ids[i] for i in idx], pad_id=pad_id, return_token_logps=True,
-                              return_token_hidden=ppo or cfg.entropy_coef > 0, padding_free=cfg.padding_free)
-            tok = _pad_to(out.token_logps, width)
-            values = _pad_to([value_head(h.float()).squeeze(-1) for h in out.token_hidden], width) if ppo else None
-            entropy = _pad_to([pg.token_entropy(head(h)) for h in out.token_hidden], width) if cfg.entropy_coef > 0 else None
-        return tok, values, entropy
+        """Token log-probs [b, width], PPO values and token entropies of this process's sequences `idx`."""
+        with torch.set_grad_enabled(need_grad), accelerator.autocast():
+            return trained([p_ids[i] for i in idx], [r_ids[i] for i in idx], pad_id=pad_id, width=width,
+                           entropy=cfg.entropy_coef > 0, padding_free=cfg.padding_free)
+
+    def sample(batch_prompts: list, step: int, round_: int, at: int) -> list[tuple[list, Any]]:
+        """(prompts, rollout) of each sampling call over `batch_prompts`; `at` is the first one's position in the step's batch."""
+        model.eval()
+        size = call_size if seeded_calls else len(batch_prompts)
+        calls = []
+        for s in range(0, len(batch_prompts), size):
+            chunk = batch_prompts[s : s + size]
+            gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, n=n, do_sample=True,
+                                   seed=rollout_seed(cfg.seed, step, round_, at + s) if seeded_calls else None)
+            calls.append((chunk, generate(model, tokenizer, chunk, gen) if engine is None else engine.generate(chunk, gen, policy=model)))
+        return calls
 
     # rollout_backend=vllm: a colocated engine samples; it is sent the policy's weights after each step's updates.
     engine = VLLMGenerator.for_model(model, tokenizer, options=cfg, seed=cfg.seed) if cfg.rollout_backend == "vllm" else None
     if engine is not None and start:
         engine.sync(model)  # resumed: the engine was built from the initial weights
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"rl {cfg.algorithm}", disable=not cfg.progress, unit="step")
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"rl {cfg.algorithm}", disable=not (cfg.progress and procs.is_main), unit="step")
     t0 = time.time()
     warned_flat = False
     for step in range(start, cfg.steps):
-        # --- rollouts (dynamic sampling drops flat groups and refills from later prompts)
+        # --- rollouts of this process's share (dynamic sampling drops flat groups and refills from later prompts)
         g = torch.Generator().manual_seed(cfg.seed * 7919 + step)
-        order = torch.randperm(len(prompts), generator=g).tolist()
+        mine = procs.candidates(torch.randperm(len(prompts), generator=g).tolist(), cfg.prompts_per_step)
+        share = cfg.prompts_per_step // procs.world
         kept_p, kept_r, kept_rew, kept_parts, cursor, n_groups, n_flat = [], [], [], [], 0, 0, 0
         rounds = 0
-        n = cfg.samples_per_prompt
-        while len(kept_p) < cfg.prompts_per_step and cursor < len(order) and rounds <= cfg.max_refill_rounds:
-            need = cfg.prompts_per_step - len(kept_p)
-            batch_prompts = [prompts[i] for i in order[cursor : cursor + need]]
+        while len(kept_p) < share and cursor < len(mine) and rounds <= cfg.max_refill_rounds:
+            need = share - len(kept_p)
+            batch_prompts = [prompts[i] for i in mine[cursor : cursor + need]]
+            at = procs.rank * share if rounds == 0 else cfg.prompts_per_step + cursor * procs.world + procs.rank
             cursor += need
+            for call_prompts, ro in sample(batch_prompts, step, rounds, at):
+                total, parts = rewards.scores([call_prompts[j] for j in ro.prompt_index], ro.texts, step=step + 1)
+                total = total.view(len(call_prompts), n)
+                var = group_variance(total)
+                finished = ro.finished
+                for j, p in enumerate(call_prompts):
+                    n_groups += 1
+                    flat = bool(var[j] <= cfg.variance_threshold)
+                    n_flat += flat
+                    if flat and cfg.dynamic_sampling:
+                        continue
+                    sl = slice(j * n, (j + 1) * n)
+                    kept_p.append(p)
+                    kept_r.append((ro.prompt_ids[sl], ro.response_ids[sl], ro.texts[sl], finished[sl]))
+                    kept_rew.append(total[j])
+                    kept_parts.append({k: v[sl] for k, v in parts.items()})
             rounds += 1
-            model.eval()
-            ro = generate(model, tokenizer, batch_prompts, gen_cfg) if engine is None else engine.generate(batch_prompts, gen_cfg, policy=model)
-            total, parts = rewards.scores([batch_prompts[j] for j in ro.prompt_index], ro.texts, step=step + 1)
-            total = total.view(len(batch_prompts), n)
-            var = group_variance(total)
-            finished = ro.finished
-            for j, p in enumerate(batch_prompts):
-                n_groups += 1
-                flat = bool(var[j] <= cfg.variance_threshold)
-                n_flat += flat
-                if flat and cfg.dynamic_sampling:
-                    continue
-                sl = slice(j * n, (j + 1) * n)
-                kept_p.append(p)
-                kept_r.append((ro.prompt_ids[sl], ro.response_ids[sl], ro.texts[sl], finished[sl]))
-                kept_rew.append(total[j])
-                kept_parts.append({k: v[sl] for k, v in parts.items()})
             if not cfg.dynamic_sampling:
                 break
+        # Every process trains on as many groups as the one that kept fewest (equal shares keep DDP's steps in lockstep).
+        keep = int(procs.reduce(len(kept_p), "min"))
+        kept_p, kept_r, kept_rew, kept_parts = kept_p[:keep], kept_r[:keep], kept_rew[:keep], kept_parts[:keep]
+        n_groups, n_flat = int(procs.reduce(n_groups, "sum")), int(procs.reduce(n_flat, "sum"))
         if not kept_p:
-            log(f"alignscope: warning: step {step + 1}: every sampled group had zero reward variance; skipping the update")
+            say(f"alignscope: warning: step {step + 1}: every sampled group had zero reward variance; skipping the update")
             rewards_pn = torch.zeros(0, n)
         else:
             rewards_pn = torch.stack(kept_rew)
@@ -361,18 +463,17 @@ def train_rl(
             if cfg.overlong_buffer is not None:
                 penalty = overlong_penalty(lengths, cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty)
                 scores = scores + penalty.view_as(scores)
-                row["reward/overlong_penalty_mean"] = float(penalty.mean())
-            width = max(len(r) for r in r_ids)
+                row["reward/overlong_penalty_mean"] = float(procs.gather(penalty.to(device)).mean())
+            width = int(procs.reduce(max(len(r) for r in r_ids), "max"))  # one width on every process, so rows gather
             all_idx = list(range(len(p_ids)))
-            with torch.no_grad():
+            with torch.no_grad(), accelerator.autocast():
                 with reference() as ref:
                     ref_out = score_batch(ref, p_ids, r_ids, pad_id=pad_id, return_token_logps=True, padding_free=cfg.padding_free)
             ref_tok = _pad_to(ref_out.token_logps, width)
             mask = _pad_to([torch.ones(len(r), device=device) for r in r_ids], width).bool()
             loss_mask = mask & ~truncated.unsqueeze(-1) if cfg.mask_truncated_completions else mask
-            model.train()
+            trained.train()
             # --- the rollout policy's log-probs (and values): what every update's ratio and clip compare against.
-            # One pass over one mini-batch needs no extra forward: the ratio is 1 and old = detached current.
             # One pass over one mini-batch needs no extra forward (the ratio is 1, old = detached current), unless
             # micro-batches split it: then every forward, the rollout policy's included, runs micro_batch_size at a time.
             micro = cfg.micro_batch_size or len(p_ids)
@@ -388,102 +489,133 @@ def train_rl(
             old_values = values0.detach() if values0 is not None else None
             kl_coef = kl_ctl.value
             seq_kl = (pg.kl_k1(old_tok, ref_tok) * mask).sum(-1)
-            adv, returns = compute_advantages(cfg, scores.to(device), mask, pg.kl_estimate(old_tok, ref_tok, kl_est) * mask, kl_coef, old_values)
+            # Advantages over the whole batch (every process's groups), then this process's rows.
+            mine_rows = slice(procs.rank * len(p_ids), (procs.rank + 1) * len(p_ids))
+            all_mask, all_loss_mask = procs.gather(mask), procs.gather(loss_mask)
+            adv, returns = compute_advantages(cfg, procs.gather(scores.to(device)), all_mask,
+                                              procs.gather(pg.kl_estimate(old_tok, ref_tok, kl_est) * mask), kl_coef,
+                                              procs.gather(old_values) if ppo else None)
+            adv, returns = adv[mine_rows], (returns[mine_rows] if returns is not None else None)
             size = math.ceil(len(p_ids) / cfg.steps_per_generation)
             minibatches = [all_idx[i : i + size] for i in range(0, len(p_ids), size)]
-            num_items = float(loss_mask.sum()) / len(minibatches)  # dapo: the rollout's tokens per optimizer step
+            num_items = float(all_loss_mask.sum()) / len(minibatches)  # dapo: the rollout's tokens per optimizer step
             high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
+
+            def whole(idx: list[int]) -> list[int]:
+                """The rows of every process's mini-batch that matches this process's `idx`."""
+                return [r * len(p_ids) + i for r in range(procs.world) for i in idx]
+
             for _ in range(cfg.num_iterations):
                 for idx in minibatches:
                     optimizer.zero_grad(set_to_none=True)
                     loss_value, n_clipped = 0.0, 0.0
-                    for part in (idx[i : i + micro] for i in range(0, len(idx), micro)):
-                        tok, values, entropy = first if single else forward(part, width, need_grad=True)
-                        # Each term aggregated over the micro-batch, weighted so the parts sum to the mini-batch's loss.
-                        loss = pg.micro_batch_weight(loss_type, loss_mask[part], loss_mask[idx]) * pg.policy_gradient_loss(
-                            tok, adv[part], loss_mask[part], old_token_logps=old_tok[part], epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
-                            loss_type=loss_type, max_len=cfg.max_new_tokens, num_items=num_items,
-                            importance_sampling_level=cfg.importance_sampling_level,
-                            kl_coef=kl_coef if cfg.kl_mode == "loss" else 0.0, ref_token_logps=ref_tok[part], kl_estimator=kl_est,
-                            use_bias_correction_kl=cfg.use_bias_correction_kl,
-                        )
-                        if entropy is not None:
-                            loss = loss - cfg.entropy_coef * pg.micro_batch_weight("bnpo", loss_mask[part], loss_mask[idx]) \
-                                * pg.aggregate_tokens(entropy, loss_mask[part], "bnpo")
-                        if values is not None:
-                            loss = loss + cfg.vf_coef * pg.micro_batch_weight("bnpo", mask[part], mask[idx]) \
-                                * pg.value_loss(values, old_values[part], returns[part], mask[part], clip=cfg.cliprange_value)
-                        if not torch.isfinite(loss):
-                            raise TrainingError(f"RL loss is {loss.item()} at step {step + 1}", "lower lr or kl_coef; the last good checkpoint is kept")
-                        loss.backward()
-                        loss_value += float(loss.detach())
+                    batch_loss_mask, batch_mask = all_loss_mask[whole(idx)], all_mask[whole(idx)]
+                    micro_parts = [idx[i : i + micro] for i in range(0, len(idx), micro)]
+                    for k, part in enumerate(micro_parts):
+                        # DDP averages the processes' gradients: each part's loss is its share of the whole mini-batch, x world.
+                        sync = contextlib.nullcontext() if k == len(micro_parts) - 1 else accelerator.no_sync(trained)
+                        with sync:
+                            tok, values, entropy = first if single else forward(part, width, need_grad=True)
+                            loss = procs.world * pg.micro_batch_weight(loss_type, loss_mask[part], batch_loss_mask) * pg.policy_gradient_loss(
+                                tok, adv[part], loss_mask[part], old_token_logps=old_tok[part], epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
+                                loss_type=loss_type, max_len=cfg.max_new_tokens, num_items=num_items,
+                                importance_sampling_level=cfg.importance_sampling_level,
+                                kl_coef=kl_coef if cfg.kl_mode == "loss" else 0.0, ref_token_logps=ref_tok[part], kl_estimator=kl_est,
+                                use_bias_correction_kl=cfg.use_bias_correction_kl,
+                            )
+                            if entropy is not None:
+                                loss = loss - cfg.entropy_coef * procs.world * pg.micro_batch_weight("bnpo", loss_mask[part], batch_loss_mask) \
+                                    * pg.aggregate_tokens(entropy, loss_mask[part], "bnpo")
+                            if values is not None:
+                                loss = loss + cfg.vf_coef * procs.world * pg.micro_batch_weight("bnpo", mask[part], batch_mask) \
+                                    * pg.value_loss(values, old_values[part], returns[part], mask[part], clip=cfg.cliprange_value)
+                            if not torch.isfinite(loss):
+                                raise TrainingError(f"RL loss is {loss.item()} at step {step + 1}", "lower lr or kl_coef; the last good checkpoint is kept")
+                            accelerator.backward(loss)
+                        loss_value += float(loss.detach()) / procs.world
                         with torch.no_grad():
                             ratio = pg.importance_ratio(tok.detach(), old_tok[part], loss_mask[part], cfg.importance_sampling_level)
                             n_clipped += float((((ratio < 1 - cfg.epsilon) | (ratio > 1 + high)).expand_as(tok) & loss_mask[part]).sum())
-                    clip_fraction = n_clipped / max(float(loss_mask[idx].sum()), 1.0)
+                    loss_value = procs.reduce(loss_value, "sum")
+                    clip_fraction = procs.reduce(n_clipped, "sum") / max(float(batch_loss_mask.sum()), 1.0)
                     if cfg.max_grad_norm is not None:
-                        torch.nn.utils.clip_grad_norm_(trainable.parameters(), cfg.max_grad_norm)
+                        accelerator.clip_grad_norm_(trained.parameters(), cfg.max_grad_norm)
                     optimizer.step()
             scheduler.step()
             if engine is not None:
                 engine.sync(model)
-            mean_kl = float(seq_kl.mean())
-            kl_ctl.update(mean_kl, len(p_ids))
-            var = group_variance(rewards_pn)
+            # --- metrics over the whole batch
+            all_seq_kl = procs.gather(seq_kl)
+            mean_kl = float(all_seq_kl.mean())
+            kl_ctl.update(mean_kl, len(all_seq_kl))
+            all_rewards = procs.gather(rewards_pn.to(device)).cpu()
+            all_lengths = procs.gather(lengths.to(device)).cpu()
+            all_old_tok = procs.gather(old_tok)
+            var = group_variance(all_rewards)
+            part_means = {k: float(procs.gather(torch.cat([pp[k] for pp in kept_parts]).to(device)).mean()) for k in rewards.names} \
+                if len(rewards.names) > 1 else {}
             row.update({
                 "loss": loss_value,
-                "reward/proxy_mean": float(rewards_pn.mean()),
-                "reward/proxy_std": float(rewards_pn.std()) if rewards_pn.numel() > 1 else 0.0,
-                **{f"reward/{k}_mean": float(torch.cat([pp[k] for pp in kept_parts]).mean()) for k in rewards.names if len(rewards.names) > 1},
+                "reward/proxy_mean": float(all_rewards.mean()),
+                "reward/proxy_std": float(all_rewards.std()) if all_rewards.numel() > 1 else 0.0,
+                **{f"reward/{k}_mean": v for k, v in part_means.items()},
                 "kl": mean_kl,
                 "kl_coef": kl_coef,
                 "clip_fraction": clip_fraction,
-                "entropy": float(-(old_tok * mask).sum() / mask.sum()),
-                "response_length": float(lengths.mean()),
-                "truncated_fraction": float(truncated.float().mean()),
+                "entropy": float(-(all_old_tok * all_mask).sum() / all_mask.sum()),
+                "response_length": float(all_lengths.mean()),
+                "truncated_fraction": float(procs.gather(truncated.float()).mean()),
                 "reward_variance/mean": float(var.mean()),
                 "reward_variance/low_fraction": float((var <= cfg.variance_threshold).float().mean()),
             })
             gold_values = torch.as_tensor(gold(flat_prompts, texts), dtype=torch.float32) if gold is not None else None
             if gold_values is not None:
-                row["reward/gold_mean"] = float(gold_values.mean())
+                row["reward/gold_mean"] = float(procs.gather(gold_values.to(device)).mean())
             if cfg.log_completions:
                 parts_flat = {k: torch.cat([pp[k] for pp in kept_parts]) for k in rewards.names}
-                for k in range(min(cfg.log_completions, len(texts))):
-                    logger.append_jsonl(rf.COMPLETIONS, {
-                        "step": step + 1, "prompt": prompt_text(flat_prompts[k]), "response": texts[k],
-                        "rewards": {name: float(v[k]) for name, v in parts_flat.items()},
-                        "gold": float(gold_values[k]) if gold_values is not None else None})
+                logged = [{"prompt": prompt_text(flat_prompts[k]), "response": texts[k],
+                           "rewards": {name: float(v[k]) for name, v in parts_flat.items()},
+                           "gold": float(gold_values[k]) if gold_values is not None else None}
+                          for k in range(min(cfg.log_completions, len(texts)))]
+                for entry in procs.gather_list(logged)[: cfg.log_completions]:
+                    logger.append_jsonl(rf.COMPLETIONS, {"step": step + 1, **entry})
         done = step + 1
         if eval_prompts and (done == cfg.steps or (cfg.eval_steps and done % cfg.eval_steps == 0)):
-            row.update(evaluate_policy(model, tokenizer, eval_prompts, rewards, gold, cfg, done, engine))
+            if procs.is_main:  # the held-out prompts are sampled once, by the main process, with the evaluation's own seed
+                row.update(evaluate_policy(model, tokenizer, eval_prompts, rewards, gold, cfg, done, engine))
+            accelerator.wait_for_everyone()
         logger.log(row)
         if "reward/proxy_mean" in row:
             logger.append_jsonl(rf.RL_METRICS, {"step": step + 1, "proxy_reward": row["reward/proxy_mean"],
                                                      "gold_reward": row.get("reward/gold_mean"), "kl": row["kl"]})
-            for pitfall in alarms.update(row):
-                logger.pitfall(step + 1, pitfall)
+            if procs.is_main:
+                for pitfall in alarms.update(row):
+                    logger.pitfall(step + 1, pitfall)
         logger.append_jsonl(rf.REWARD_VARIANCE_STEPS, {"step": step + 1, "variances": var.tolist() if len(kept_p) else []})
         if len(kept_p) and not warned_flat and n > 1:
             # The paper's estimator: per-prompt variance of rewards standardised over all of the step's samples.
-            for pitfall in detect_flat_objective(var / (rewards_pn.var() + 1e-12)):
+            for pitfall in detect_flat_objective(var / (all_rewards.var() + 1e-12)):
                 warned_flat = True
                 logger.pitfall(step + 1, pitfall)
         if cfg.save_steps and done % cfg.save_steps == 0 or done == cfg.steps:
-            ckpt.save_checkpoint(out_dir, done, trainable, optimizer, scheduler, {"step": done, "kl_coef": kl_ctl.value}, cfg.keep_last)
+            accelerator.wait_for_everyone()
+            if procs.is_main:
+                ckpt.save_checkpoint(out_dir, done, trainable, optimizer, scheduler, {"step": done, "kl_coef": kl_ctl.value}, cfg.keep_last)
         bar.update(1)
         if "reward/proxy_mean" in row:
             bar.set_postfix(reward=f"{row['reward/proxy_mean']:.3f}", kl=f"{row['kl']:.3f}")
     bar.close()
     if engine is not None:
         engine.close()
-    overoptimization_summary(out_dir, logger)
-    if cfg.lora is not None:
-        # The adapter alone (for peft users) and the merged model (what every alignscope command loads).
-        model.save_pretrained(out_dir / "final" / "adapter")
-        model = model.merge_and_unload()
-    model.save_pretrained(out_dir / "final")
-    tokenizer.save_pretrained(out_dir / "final")
+    accelerator.wait_for_everyone()
+    if procs.is_main:
+        overoptimization_summary(out_dir, logger)
+        if cfg.lora is not None:
+            # The adapter alone (for peft users) and the merged model (what every alignscope command loads).
+            model.save_pretrained(out_dir / "final" / "adapter")
+            model = model.merge_and_unload()
+        model.save_pretrained(out_dir / "final")
+        tokenizer.save_pretrained(out_dir / "final")
     logger.close()
-    log(f"done: {cfg.steps} RL steps in {time.time() - t0:.1f}s; metrics in {out_dir / rf.METRICS}")
+    say(f"done: {cfg.steps} RL steps in {time.time() - t0:.1f}s; metrics in {out_dir / rf.METRICS}")
     return out_dir
