@@ -609,7 +609,8 @@ def report(pairs: PairStats = MEASURED_PAIRS, prompts: PromptStats = MEASURED_PR
             gen = [generation_seconds(a, prompts, gpu, m) for m in MFU[::-1]]
             train = t(g["policy"].total + g["reference"].total, 1)
             one = [x + y for x, y in zip(gen, train)]
-            rows.append([a.name, "GRPO step", span(*one), span(*[x / 8 for x in one]), "1 process: the 1-GPU time"])
+            rows.append([a.name, "GRPO step", span(*one), span(*[x / 8 for x in one]),
+                         span(*[x / 8 for x in one]) + " (DDP: each process samples and trains 1/8 of the batch)"])
             rows.append([a.name, "  of which generation", span(*gen), span(*[x / 8 for x in gen]), ""])
         add(table(["model", "work", "1 GPU", "8 GPUs, ideal split", "8 GPUs, as alignscope runs today"], rows))
     return "\n".join(out) + "\n"

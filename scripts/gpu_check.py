@@ -4,7 +4,7 @@ real CLI in its own process, with a table of what ran, how long it took and its 
     python scripts/gpu_check.py                       # SmolLM2 on this machine's GPU(s), bf16 (`make gpu-check`)
     python scripts/gpu_check.py --device cpu --quick  # the same stages on a tiny model, a few steps: a dry run
 
-With 2 or more GPUs the training stages run again as 2 processes (torchrun). A stage whose command
+With 2 or more GPUs the training stages and GRPO (hf) run again as 2 processes (torchrun). A stage whose command
 does not take an option yet (`--device`, `rollout_backend`) runs without it and says so; vLLM stages
 are skipped with the reason when vLLM is not installed.
 """
@@ -186,6 +186,10 @@ def stages(args, work: Path, pairs: Path, sft: Path, prompts: Path) -> list[Stag
         elif gpu:
             note = "no device option in this build: ran on the CPU"
         out.append(Stage(f"grpo ({backend})", CLI + rl, ("sft", "rm"), backend=backend, note=note))
+        if backend == "hf" and args.gpus >= 2 and not q:  # DDP: each process samples and trains half of every rollout batch
+            torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "alignscope.cli.main"]
+            rl2 = [a.replace(f"grpo_{backend}", "grpo-2proc") for a in rl]
+            out.append(Stage("grpo-2proc (hf)", torchrun + rl2, ("sft", "rm"), backend=backend, procs=2, note=note))
     return out
 
 
