@@ -32,6 +32,8 @@ ROWS = [
     ("SFT vs TRL SFTTrainer", ("sft", "alignscope"), ("sft", "trl")),
     ("CHES audit vs one plain forward pass", ("ches", "alignscope"), ("ches", "forward")),
     ("Generation vs Hugging Face generate", ("gen", "alignscope"), ("gen", "hf")),
+    ("Generation at n = 8 vs generate(num_return_sequences=8)", ("gen_n", "alignscope"), ("gen_n", "hf")),
+    ("GRPO step vs TRL GRPOTrainer", ("rl", "alignscope"), ("rl", "trl")),
 ]
 SCALE_ROWS = [ROWS[1]]  # the "ratios hold" rows at 30M parameters and at 512-token responses
 TRAINING = {"dpo", "dpo_pre", "rm", "sft"}
@@ -57,8 +59,14 @@ def run_worker(task: str, tool: str, scale: str, root: Path, pairs: int | None) 
 
 
 def flops(task: str, meta: dict, n_pairs: int, res: dict) -> float:
-    """Model FLOPs of the work done: 6N per trained token, 2N per forward-only token (N without the input embedding)."""
+    """Model FLOPs of the work done: 6N per trained token, 2N per forward-only token (N without the input embedding).
+
+    Sampling counts 2N per sampled token (prefill left out); a GRPO step adds 6N + 2N per rollout token for the
+    policy step and the reference pass (prompts once per group), the same count for both tools.
+    """
     n = meta["params_no_embedding"]
+    if task == "rl":
+        return 2 * n * res["gen_tokens"] + 8 * n * res["rollout_tokens"]
     frac = n_pairs / meta["scale"]["n_pairs"]
     p, c, r = meta["prompt_tokens"] * frac, meta["chosen_tokens"] * frac, meta["rejected_tokens"] * frac
     if task in ("dpo", "dpo_pre"):
@@ -69,7 +77,7 @@ def flops(task: str, meta: dict, n_pairs: int, res: dict) -> float:
         return 6 * n * (p + c)
     if task == "ches":
         return 2 * n * (2 * p + c + r)
-    return 2 * n * res["gen_tokens"]  # generation: one forward token per sampled token (prefill left out)
+    return 2 * n * res["gen_tokens"]  # gen, gen_n: one forward token per sampled token (prefill left out)
 
 
 def median_result(results: list[dict]) -> dict:
@@ -99,7 +107,9 @@ def measure(rows, scale: str, root: Path, reps: int, tools: set[str], pairs: int
 
 
 def throughput(task: str, res: dict, n_pairs: int) -> str:
-    if task == "gen":
+    if task == "rl":
+        return f"{res['wall_s'] / res['steps']:.2f} s/step"
+    if task in ("gen", "gen_n"):
         return f"{res['gen_tokens'] / res['wall_s']:.0f} tok/s"
     return f"{n_pairs / res['wall_s']:.2f} pairs/s"
 
@@ -150,6 +160,31 @@ def floor_table(rows, measured: list[dict], scale: str, floor: dict[str, tuple[f
         out.append(f"| {label} | {flop / 1e12:.2f} TFLOP | {secs:.3g} | {a:.3g} | {secs / a:.0%} | {side_name(theirs)} | {o:.3g} | "
                    f"{o / secs:.2f}x | {o / a:.2f}x |")
     return out
+
+
+def sampled(measured: list[dict]) -> dict[str, float]:
+    """Tokens alignscope's sampling sides drew, for `workloads.sampling_floor`: gen_n in all, rl per optimizer step."""
+    by_side = {m["side"]: m for m in measured}
+    out = {}
+    if ("gen_n", "alignscope") in by_side:
+        out["gen_n"] = by_side[("gen_n", "alignscope")]["gen_tokens"]
+    if ("rl", "alignscope") in by_side:
+        r = by_side[("rl", "alignscope")]
+        out["rl"] = r["gen_tokens"] / r["steps"]
+    return out
+
+
+def mfu_peak(size: int, runs: list) -> tuple[float, str]:
+    """The MFU denominator and a note: the best matmul speed timed in this run (`W.matmul_peak_gflops`, timed once more
+    now), raised to any row's own model-FLOP rate above it, since the machine did at least that, so no MFU tops 100%."""
+    peak, note = W.matmul_peak_gflops(size), ""
+    for scale, rows, meta, n_pairs, measured, _ in runs:
+        for m in measured:
+            rate = flops(m["side"][0], meta, n_pairs, m) / m["wall_s"] / 1e9
+            if rate > peak:
+                peak = rate
+                note = f"; raised to the {rate:.1f} GFLOP/s of model FLOPs the {scale} {m['side'][0]} row's {side_name(m['side'])} side ran at"
+    return peak, note
 
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -223,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale-pairs", type=int, default=96,
                     help="with --scale all: --pairs for the 30m and long rows (96 keeps `make bench` under 30 minutes on 2 cores)")
     ap.add_argument("--tools", default="alignscope,trl,forward,hf", help="comma-separated sides to run")
-    ap.add_argument("--tasks", default="dpo,rm,sft,ches,gen", help="comma-separated rows to run (by alignscope's task)")
+    ap.add_argument("--tasks", default="dpo,rm,sft,ches,gen,gen_n,rl",
+                    help="comma-separated rows to run (by alignscope's task; gen_n: generation at n = 8, rl: a GRPO step)")
     ap.add_argument("--threads", default=os.environ.get("ALIGNSCOPE_BENCH_THREADS", "1"),
                     help="torch threads per run: a number, or auto (every core on a quiet machine, else 1); 1 gives the "
                          "steadiest ratios on a shared machine")
@@ -257,16 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         for s in ("30m", "long"):
             if args.scale in ("all", s):
                 plan.append((s, rows_scale if args.scale == "all" else rows_all, args.scale_pairs if args.scale == "all" else args.pairs))
-    peak = W.matmul_peak_gflops(512 if args.quick else 2048)
-    log(f"fp32 matmul peak with {W.THREADS} threads: {peak:.1f} GFLOP/s")
+    size = 512 if args.quick else 2048
+    log(f"fp32 matmul peak with {W.THREADS} threads so far: {W.matmul_peak_gflops(size):.1f} GFLOP/s")
     started = time.time()
-    lines = [
-        "| | |", "|---|---|",
-        f"| machine | {machine(busy)} |",
-        f"| command | `python benchmarks/{' '.join(['run.py'] + (argv if argv is not None else sys.argv[1:]))}` |",
-        f"| fp32 matmul peak | {peak:.1f} GFLOP/s (2048x2048 matmul, {W.THREADS} threads): the MFU denominator |",
-        "",
-    ]
+    runs = []
     for scale, rows, pairs in plan:
         assets = W.build_assets(W.SCALES[scale], root, log=log)
         meta = json.loads((assets / "meta.json").read_text())
@@ -274,24 +304,46 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{scale}: {meta['params'] / 1e6:.2f}M parameters, {n_pairs} pairs, prompts {meta['mean_prompt_tokens']:.0f} tokens, "
             f"responses {meta['mean_response_tokens']:.0f} tokens")
         measured = measure(rows, scale, root, args.reps, tools, pairs, log)
+        floor = {**W.matmul_floor(W.SCALES[scale], meta, n_pairs), **W.sampling_floor(W.SCALES[scale], assets, sampled(measured))}
+        runs.append((scale, rows, meta, n_pairs, measured, floor))
+    peak, note = mfu_peak(size, runs)
+    log(f"fp32 matmul peak with {W.THREADS} threads: {peak:.1f} GFLOP/s{note}")
+    lines = [
+        "| | |", "|---|---|",
+        f"| machine | {machine(busy)} |",
+        f"| command | `python benchmarks/{' '.join(['run.py'] + (argv if argv is not None else sys.argv[1:]))}` |",
+        f"| fp32 matmul peak | {peak:.1f} GFLOP/s with {W.THREADS} threads, the MFU denominator: the best of {len(W.RATES_GFLOPS)} timed "
+        f"matmul shapes ({size}x{size} at the start and the end of the run, and the matmul floor's own){note} |",
+        "",
+    ]
+    for scale, rows, meta, n_pairs, measured, floor in runs:
+        sc = W.SCALES[scale]
+        sampling = [f"generation: {sc.gen_prompts} prompts x {sc.gen_new_tokens} new tokens, batch 32"]
+        if any(r[1][0] == "gen_n" for r in rows):
+            sampling.append(f"generation at n: {sc.gen_n_prompts} prompts x {sc.gen_n} samples x {sc.gen_new_tokens} new tokens, "
+                            f"{W.GEN_N_BATCH} samples a batch")
+        if any(r[1][0] == "rl" for r in rows):
+            sampling.append(f"GRPO: {sc.rl_steps} optimizer step(s), each on {sc.rl_prompts} prompts x {sc.rl_samples} samples of at "
+                            f"most {sc.rl_new_tokens} tokens, KL weight {W.RL_BETA} (a reference pass on both sides), loss dapo, "
+                            "reward: completion characters / 100, Hugging Face sampling on both sides")
         lines += [
             f"**{scale}**: Llama-style, {meta['params'] / 1e6:.2f}M parameters (hidden {meta['scale']['hidden_size']}, "
             f"{meta['scale']['num_layers']} layers, vocab {meta['scale']['vocab_size']}), {n_pairs} pairs, prompts "
             f"{meta['mean_prompt_tokens']:.0f} and responses {meta['mean_response_tokens']:.0f} tokens on average, batch "
             f"{meta['scale']['batch_size']} pairs, fp32, 1 epoch, lr {meta['scale']['lr']}, beta {meta['scale']['beta']}; "
-            f"generation: {meta['scale']['gen_prompts']} prompts x {meta['scale']['gen_new_tokens']} new tokens, batch 32; "
-            f"median of {args.reps} run(s) per cell.",
+            f"{'; '.join(sampling)}; median of {args.reps} run(s) per cell.",
             "",
             *table(rows, measured, scale, meta, n_pairs, peak),
             "",
         ]
-        floor = W.matmul_floor(W.SCALES[scale], meta, n_pairs)
         ftable = floor_table(rows, measured, scale, floor)
         if len(ftable) > 2:
             lines += [
                 f"Matmul floor ({scale}): the seconds the matmuls of alignscope's own exact computation take at this machine's "
                 "measured speed for those very shapes (no attention, normalisation, optimizer or I/O), so nothing that does this "
-                "arithmetic runs faster; the other side's wall time over it is the largest speed-up reachable without doing less of it.",
+                "arithmetic runs faster; the other side's wall time over it is the largest speed-up reachable without doing less of it. "
+                "Sampling rows count each prompt's prefill once, one decode token per sample per step and, for GRPO, the rollout "
+                "(each prompt once per group) through the policy forward and backward and the reference forward.",
                 "",
                 *ftable,
                 "",

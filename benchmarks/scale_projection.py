@@ -287,25 +287,24 @@ def grpo_flops(arch: Arch, prompts: PromptStats, w: Workload = WORK, lora: Lora 
     """One GRPO step (num_iterations = steps_per_generation = 1, the defaults: one forward with grad serves as
     both the rollout policy's and the updated policy's log-probs) with every completion `grpo_new_tokens` long.
 
-    - generation, as alignscope runs it (`rollout.generation.generate`, Hugging Face `generate` with KV cache):
-      every sample's prompt is prefilled on its own, left-padded to W, the batch's longest; then G - 1 decode
-      steps; logits at G positions. Attention: W(W+1)/2 in the prefill, W + k keys at decode step k.
-    - generation with the prefill shared by the n samples of a prompt (what vLLM's n > 1 does; rollout_backend=vllm):
-      P tokens once per prompt, no padding.
+    - generation, as alignscope runs it (`rollout.generation.generate`): each prompt prefilled once, left-padded
+      to W, the longest of its batch's prompts, logits at its last position; its KV cache copied to its n samples;
+      then G - 1 decode steps per sample. Attention: W(W+1)/2 per prompt in the prefill, W + k keys at decode step k.
+    - generation with no padding either (vLLM's n > 1; rollout_backend=vllm): P tokens once per prompt.
     - policy forward + backward and reference forward (`training.rl.train_rl` -> `score_batch`): one packed group
       per prompt, [prompt, r1, ..., rn], the unembedding at the n*G response positions.
     """
     n_p, s, g = w.grpo_prompts, w.grpo_samples, w.grpo_new_tokens
     n = n_p * s
-    gen = forward_flops(arch, n * (prompts.padded + g - 1), n * g,
-                        n * ((prompts.padded_sq + prompts.padded) / 2 + (g - 1) * prompts.padded + (g - 1) * g / 2))
+    gen = forward_flops(arch, n_p * prompts.padded + n * (g - 1), n_p + n * (g - 1),
+                        n_p * (prompts.padded_sq + prompts.padded) / 2 + n * ((g - 1) * prompts.padded + (g - 1) * g / 2))
     shared = forward_flops(arch, n_p * prompts.mean + n * (g - 1), n * g,
                            n_p * (prompts.sq + prompts.mean) / 2 + n * ((g - 1) * prompts.mean + (g - 1) * g / 2))
     tokens = n_p * (prompts.mean + s * g)
     # first response: (P+G)(P+G+1)/2 = (P^2 + (2G+1)P + G(G+1))/2; each further one: G*P + G(G+1)/2
     pairs = n_p * ((prompts.sq + (2 * g + 1) * prompts.mean + g * (g + 1)) / 2 + (s - 1) * (g * prompts.mean + g * (g + 1) / 2))
     score = forward_flops(arch, tokens, n * g, pairs)
-    return {"generation": gen, "generation (prefill shared)": shared, "policy": train_flops(arch, score, tokens, lora),
+    return {"generation": gen, "generation (no padding)": shared, "policy": train_flops(arch, score, tokens, lora),
             "reference": score}
 
 
@@ -432,7 +431,8 @@ def generation_seconds(arch: Arch, prompts: PromptStats, gpu: GPU, mfu: float, w
     n = w.grpo_prompts * w.grpo_samples
     batches, b, g, W = n / w.gen_batch, w.gen_batch, w.grpo_new_tokens, prompts.padded
     rate = gpu.peak_bf16 * mfu
-    prefill = forward_flops(arch, b * W, b, b * (prompts.padded_sq + W) / 2).total / rate
+    bp = b / w.grpo_samples  # prompts per batch: each prefilled once, its cache copied to its samples
+    prefill = forward_flops(arch, bp * W, bp, bp * (prompts.padded_sq + W) / 2).total / rate
     weights = 2 * (arch.body_linear + arch.vocab * arch.hidden)
     step_flops = forward_flops(arch, b, b, 0).total
     total = prefill
@@ -575,15 +575,14 @@ def report(pairs: PairStats = MEASURED_PAIRS, prompts: PromptStats = MEASURED_PR
         g_total = g["generation"] + g["policy"] + g["reference"]
         rows.append([a.name, pflop(c.total), f"{100 * c.attn / c.total:.1f}%", pflop(d["policy"].total), pflop(d["reference"].total),
                      pflop(d["policy"].total + d["reference"].total), pflop(dl["policy"].total + dl["reference"].total),
-                     pflop(g["generation"].total), pflop(g["generation (prefill shared)"].total), pflop(g["policy"].total),
+                     pflop(g["generation"].total), pflop(g["generation (no padding)"].total), pflop(g["policy"].total),
                      pflop(g["reference"].total), pflop(g_total.total)])
-    g_tok = prompts.padded + w.grpo_new_tokens - 1
-    add(f"GRPO generation today runs W + G - 1 = {g_tok:.0f} tokens per sample through the layers: "
-        f"{prompts.padded - prompts.mean:.0f} of them left padding, {prompts.mean * (w.grpo_samples - 1) / w.grpo_samples:.0f} the "
-        f"prompt's repeated prefill; with the prefill shared and no padding, P / n + G - 1 = "
-        f"{prompts.mean / w.grpo_samples + w.grpo_new_tokens - 1:.0f}.\n")
+    g_tok = prompts.padded / w.grpo_samples + w.grpo_new_tokens - 1
+    add(f"GRPO generation today runs W / n + G - 1 = {g_tok:.0f} tokens per sample through the layers (each prompt prefilled "
+        f"once for its n samples), {(prompts.padded - prompts.mean) / w.grpo_samples:.0f} of them left padding; with no padding "
+        f"either, P / n + G - 1 = {prompts.mean / w.grpo_samples + w.grpo_new_tokens - 1:.0f}.\n")
     add(table(["model", f"CHES audit, {w.n_pairs // 1000}k pairs", "attention share", "DPO policy fwd+bwd", "DPO reference fwd",
-               "DPO epoch", f"DPO epoch, LoRA r={LORA.r}", "GRPO generation (today)", "generation, prefill shared",
+               "DPO epoch", f"DPO epoch, LoRA r={LORA.r}", "GRPO generation (today)", "generation, no padding (vLLM)",
                "GRPO policy fwd+bwd", "GRPO reference fwd", "GRPO step"], rows))
 
     # --- time

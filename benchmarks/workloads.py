@@ -46,13 +46,20 @@ class Scale:
     beta: float = 0.1
     gen_prompts: int = 64
     gen_new_tokens: int = 64
+    gen_n: int = 8  # the generation row at n samples per prompt: n, and its prompts (gen_new_tokens each)
+    gen_n_prompts: int = 16
+    rl_prompts: int = 8  # the RL row: prompts per step (all of them, every step), samples each, completion length, steps
+    rl_samples: int = 8
+    rl_new_tokens: int = 64
+    rl_steps: int = 1
 
 
 SCALES = {
     "8m": Scale("8m", 8192, 256, 5, 4, 768, 512, 32, 64),
     "30m": Scale("30m", 8192, 512, 7, 8, 1408, 512, 32, 64),
     "long": Scale("long", 8192, 256, 5, 4, 768, 512, 32, 512),
-    "quick": Scale("quick", 1024, 64, 2, 4, 256, 32, 12, 16, gen_prompts=8, gen_new_tokens=16),
+    "quick": Scale("quick", 1024, 64, 2, 4, 256, 32, 12, 16, gen_prompts=8, gen_new_tokens=16, gen_n_prompts=2,
+                   rl_prompts=2, rl_samples=4, rl_new_tokens=8),
 }
 
 SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pa", "do", "gu", "he", "ji", "bo", "fa", "we", "yu", "xi", "qo"]
@@ -219,6 +226,11 @@ def _gen_prompts(rows, scale: Scale) -> list[str]:
     return [r["prompt"] for r in rows[: scale.gen_prompts]]
 
 
+def _sampled_tokens(new: torch.Tensor, eos: int) -> int:
+    """Tokens Hugging Face `generate` sampled in `new` [rows, steps]: each row up to and including its first EOS."""
+    return sum(row.index(eos) + 1 if eos in row else len(row) for row in new.tolist())
+
+
 def alignscope_generate(assets: Path, scale: Scale, work: Path) -> dict:
     from alignscope.rollout.generation import GenerationConfig, generate
 
@@ -242,10 +254,82 @@ def hf_generate(assets: Path, scale: Scale, work: Path) -> dict:
             batch = tok(prompts[s : s + 32], return_tensors="pt", padding=True)
             out = model.generate(**batch, max_new_tokens=scale.gen_new_tokens, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, use_cache=True)
-            new = out[:, batch["input_ids"].shape[1] :]
-            for row in new.tolist():
-                n_tokens += row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
+            n_tokens += _sampled_tokens(out[:, batch["input_ids"].shape[1] :], tok.eos_token_id)
     return {**t.result, "gen_tokens": n_tokens}
+
+
+GEN_N_BATCH = 64  # samples per batch in the generation row at n: 64 // n prompts (alignscope's default batch_size)
+
+
+def _gen_n_prompts(rows, scale: Scale) -> list[str]:
+    return [r["prompt"] for r in rows[: scale.gen_n_prompts]]
+
+
+def alignscope_generate_n(assets: Path, scale: Scale, work: Path) -> dict:
+    """`gen_n` samples of each prompt: each prompt's prefill once, its KV cache shared by its samples."""
+    from alignscope.rollout.generation import GenerationConfig, generate
+
+    model, tok, rows = _load(assets)
+    cfg = GenerationConfig(max_new_tokens=scale.gen_new_tokens, temperature=1.0, top_p=1.0, n=scale.gen_n, seed=0)
+    with Timer() as t:
+        out = generate(model, tok, _gen_n_prompts(rows, scale), cfg, batch_size=GEN_N_BATCH)
+    return {**t.result, "gen_tokens": sum(len(r) for r in out.response_ids)}
+
+
+def hf_generate_n(assets: Path, scale: Scale, work: Path) -> dict:
+    """Hugging Face's n samples per prompt: `num_return_sequences`, the same prompts per batch, left padding, KV cache."""
+    model, tok, rows = _load(assets)
+    tok.padding_side = "left"
+    prompts, per = _gen_n_prompts(rows, scale), GEN_N_BATCH // scale.gen_n
+    model.eval()
+    n_tokens = 0
+    torch.manual_seed(0)
+    with Timer() as t, torch.no_grad():
+        for s in range(0, len(prompts), per):
+            batch = tok(prompts[s : s + per], return_tensors="pt", padding=True)
+            out = model.generate(**batch, num_return_sequences=scale.gen_n, max_new_tokens=scale.gen_new_tokens, do_sample=True,
+                                 temperature=1.0, top_p=1.0, top_k=0, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                 use_cache=True)
+            n_tokens += _sampled_tokens(out[:, batch["input_ids"].shape[1] :], tok.eos_token_id)
+    return {**t.result, "gen_tokens": n_tokens}
+
+
+RL_BETA = 0.04  # the KL weight on both sides of the RL row: TRL then builds and runs a reference model, as alignscope does
+
+
+def characters(prompts, completions, **kwargs) -> list[float]:
+    """The RL row's reward on both sides (TRL passes extra keywords): a completion's length in characters, over 100.
+    Cheap, so the row times the trainers, and it differs between the samples of a prompt, so no group is flat."""
+    return [len(c) / 100 for c in completions]
+
+
+def _rl_prompts(rows, scale: Scale) -> list[str]:
+    return [r["prompt"] for r in rows[: scale.rl_prompts]]
+
+
+def _rl_result(timed: dict, assets: Path, scale: Scale, steps: int, mean_lengths: float) -> dict:
+    """An RL measurement: its times, optimizer steps, sampled tokens, and rollout tokens (each prompt once per group,
+    then its samples) from the sum over steps of the mean completion length."""
+    sampled = round(mean_lengths * scale.rl_prompts * scale.rl_samples)
+    rows = [json.loads(line) for line in open(assets / "pairs.jsonl")]
+    prompts = steps * sum(prompt_lengths(assets, _rl_prompts(rows, scale)))
+    return {**timed, "steps": steps, "gen_tokens": sampled, "rollout_tokens": prompts + sampled}
+
+
+def alignscope_grpo(assets: Path, scale: Scale, work: Path) -> dict:
+    """`rl_steps` GRPO steps of `train_rl`: sampling (Hugging Face engine), reward, reference pass, one optimizer step each."""
+    import accelerate  # noqa: F401 (TRL's side imports it before its timer; train_rl imports it on its first call)
+
+    from alignscope.training.rl import RLConfig, train_rl
+
+    model, tok, rows = _load(assets)
+    cfg = RLConfig(algorithm="grpo", model=str(assets / "model"), output_dir=str(work / "out"), steps=scale.rl_steps,
+                   prompts_per_step=scale.rl_prompts, samples_per_prompt=scale.rl_samples, max_new_tokens=scale.rl_new_tokens,
+                   temperature=1.0, top_p=1.0, lr=scale.lr, kl_coef=RL_BETA, loss_type="dapo", progress=False, seed=0)
+    with Timer() as t:
+        train_rl(cfg, model=model, tokenizer=tok, prompts=_rl_prompts(rows, scale), reward=characters, log=lambda *a, **k: None)
+    logged = [json.loads(line) for line in open(work / "out" / "metrics.jsonl")]
+    return _rl_result(t.result, assets, scale, len(logged), sum(r["response_length"] for r in logged))
 
 
 # --- TRL
@@ -305,6 +389,26 @@ def trl_sft(assets: Path, scale: Scale, work: Path) -> dict:
     return t.result
 
 
+def trl_grpo(assets: Path, scale: Scale, work: Path) -> dict:
+    """TRL's GRPOTrainer on the same model, prompts, reward, group size, completion length and KL weight, sampling with
+    Hugging Face `generate`; a batch is one step's rl_prompts x rl_samples completions, so the optimizer steps match."""
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    model, tok, rows = _load(assets)
+    group = scale.rl_prompts * scale.rl_samples
+    common = {**_trl_common(scale, work), "per_device_train_batch_size": group, "logging_steps": 1}
+    args = GRPOConfig(**common, max_steps=scale.rl_steps, num_generations=scale.rl_samples, max_completion_length=scale.rl_new_tokens,
+                      temperature=1.0, top_p=1.0, beta=RL_BETA, loss_type="dapo", scale_rewards="group")
+    data = Dataset.from_list([{"prompt": p} for p in _rl_prompts(rows, scale)])
+    with Timer() as t:
+        trainer = GRPOTrainer(model=model, reward_funcs=characters, args=args, train_dataset=data, processing_class=tok)
+        trainer.train()
+        trainer.save_model(str(work / "final"))
+    lengths = [h["completions/mean_length"] for h in trainer.state.log_history if "completions/mean_length" in h]
+    return _rl_result(t.result, assets, scale, trainer.state.global_step, sum(lengths))
+
+
 JOBS = {
     ("dpo", "alignscope"): lambda a, s, w: alignscope_train("dpo", a, s, w),
     ("dpo", "trl"): lambda a, s, w: trl_dpo(a, s, w, precompute=False),
@@ -317,6 +421,10 @@ JOBS = {
     ("ches", "forward"): plain_forward,
     ("gen", "alignscope"): alignscope_generate,
     ("gen", "hf"): hf_generate,
+    ("gen_n", "alignscope"): alignscope_generate_n,
+    ("gen_n", "hf"): hf_generate_n,
+    ("rl", "alignscope"): alignscope_grpo,
+    ("rl", "trl"): trl_grpo,
 }
 
 
@@ -337,9 +445,12 @@ def run_job(task: str, tool: str, scale_name: str, root: Path, pairs: int | None
     return res
 
 
+RATES_GFLOPS: list[float] = []  # every matmul speed this process measured (the peak takes their best)
+
+
 def _mm_seconds(m: int, k: int, n: int, transpose_a: bool = False, trials: int = 5, batch: int = 1) -> float:
     """Seconds of one [m, k] x [k, n] fp32 matmul: the best of `trials` runs of `batch` back-to-back matmuls, after a
-    warm-up (A as a transposed view when `transpose_a`, as in dW = dY^T X)."""
+    warm-up (A as a transposed view when `transpose_a`, as in dW = dY^T X). Its speed is kept in RATES_GFLOPS."""
     a = torch.randn(k, m).t() if transpose_a else torch.randn(m, k)
     b = torch.randn(k, n)
     for _ in range(3):
@@ -350,18 +461,47 @@ def _mm_seconds(m: int, k: int, n: int, transpose_a: bool = False, trials: int =
         for _ in range(batch):
             a @ b
         best = min(best, time.perf_counter() - t)
+    RATES_GFLOPS.append(2 * m * k * n / (best / batch) / 1e9)
     return best / batch
 
 
-def matmul_peak_gflops(n: int = 2048, reps: int = 10) -> float:
-    """The machine's fp32 matmul throughput with THREADS threads: the MFU denominator."""
+def matmul_peak_gflops(n: int = 2048, reps: int = 4, trials: int = 5) -> float:
+    """The machine's fp32 matmul throughput with THREADS threads, the MFU denominator: the best of `trials` runs of an
+    n x n x n matmul and of every speed measured so far (the matmul floor's own shapes included).
+
+    One sample on a shared machine catches whatever else was running: a fresh clone once measured 35.6 GFLOP/s
+    (93 in an earlier run) and printed an MFU of 121.9%. Called again at the end of a run, so quiet moments count.
+    """
     torch.set_num_threads(THREADS)
-    return 2 * n**3 / _mm_seconds(n, n, n, trials=3, batch=reps) / 1e9
+    _mm_seconds(n, n, n, trials=trials, batch=reps)
+    return max(RATES_GFLOPS)
 
 
-def _linear_seconds(m: int, d_in: int, d_out: int) -> tuple[float, float]:
+def _linear_seconds(m: int, d_in: int, d_out: int, backward: bool = True) -> tuple[float, float]:
     """(forward, backward) seconds of a bias-free linear layer on m rows: Y = X W^T; dX = dY W, dW = dY^T X."""
-    return _mm_seconds(m, d_in, d_out), _mm_seconds(m, d_out, d_in) + _mm_seconds(d_out, m, d_in, transpose_a=True)
+    fwd = _mm_seconds(m, d_in, d_out)
+    return fwd, (_mm_seconds(m, d_out, d_in) + _mm_seconds(d_out, m, d_in, transpose_a=True)) if backward else 0.0
+
+
+def _stack_seconds(scale: Scale, m: int, backward: bool = True) -> tuple[float, float]:
+    """(forward, backward) seconds per token of the layer stack's matmuls when each runs on m rows: q, k, v, o (no
+    grouped-query attention here), gate, up, down."""
+    d, ff = scale.hidden_size, scale.intermediate_size
+    f = b = 0.0
+    for d_in, d_out in [(d, d)] * 4 + [(d, ff), (d, ff), (ff, d)]:
+        lf, lb = _linear_seconds(m, d_in, d_out, backward)
+        f, b = f + lf, b + lb
+    return f * scale.num_layers / m, b * scale.num_layers / m
+
+
+def _head_seconds(scale: Scale, m: int, backward: bool = True) -> tuple[float, float]:
+    """(forward, backward) seconds per row of the unembedding on m rows."""
+    return tuple(t / m for t in _linear_seconds(m, scale.hidden_size, scale.vocab_size, backward))
+
+
+def _body_params(scale: Scale) -> int:
+    d, ff = scale.hidden_size, scale.intermediate_size
+    return scale.num_layers * (4 * d * d + 3 * d * ff)
 
 
 def matmul_floor(scale: Scale, meta: dict, n_pairs: int) -> dict[str, tuple[float, float]]:
@@ -378,17 +518,11 @@ def matmul_floor(scale: Scale, meta: dict, n_pairs: int) -> dict[str, tuple[floa
     torch.set_num_threads(THREADS)
     frac = n_pairs / meta["scale"]["n_pairs"]
     p, c, r = (meta[k] * frac for k in ("prompt_tokens", "chosen_tokens", "rejected_tokens"))
-    d, ff, v = scale.hidden_size, scale.intermediate_size, scale.vocab_size
+    d, v = scale.hidden_size, scale.vocab_size
     rows = max(1, round((p + c + r) / max(n_pairs, 1) * scale.batch_size))  # tokens in one packed batch
-    shapes = [(d, d)] * 4 + [(d, ff), (d, ff), (ff, d)]  # q, k, v, o (no grouped-query attention here), gate, up, down
-    body_f = body_b = 0.0
-    for d_in, d_out in shapes:
-        f, b = _linear_seconds(rows, d_in, d_out)
-        body_f, body_b = body_f + f, body_b + b
-    body_f, body_b = body_f * scale.num_layers / rows, body_b * scale.num_layers / rows  # seconds per token
-    head_rows = default_chunk_tokens(v)  # the unembedding runs in chunks of this many rows
-    head_f, head_b = (t / head_rows for t in _linear_seconds(head_rows, d, v))
-    n_body = scale.num_layers * (4 * d * d + 3 * d * ff)
+    body_f, body_b = _stack_seconds(scale, rows)
+    head_f, head_b = _head_seconds(scale, default_chunk_tokens(v))  # the unembedding runs in chunks of this many rows
+    n_body = _body_params(scale)
     tokens, resp = p + c + r, c + r
     work = {  # task -> (tokens through the layer stack fwd+bwd, fwd only; response tokens through the head fwd+bwd, fwd only)
         "dpo": (tokens, tokens, resp, resp),
@@ -401,4 +535,60 @@ def matmul_floor(scale: Scale, meta: dict, n_pairs: int) -> dict[str, tuple[floa
         flop = 6 * n_body * tb + 2 * n_body * tf + 6 * d * v * hb + 2 * d * v * hf
         secs = tb * (body_f + body_b) + tf * body_f + hb * (head_f + head_b) + hf * head_f
         out[task] = (flop, secs)
+    return out
+
+
+def prompt_lengths(assets: Path, prompts: list[str]) -> list[int]:
+    """Prompt tokens as alignscope's sampler encodes them."""
+    from transformers import AutoTokenizer
+
+    from alignscope.rollout.generation import encode_prompts
+
+    return [len(ids) for ids in encode_prompts(AutoTokenizer.from_pretrained(assets / "model"), prompts)]
+
+
+def _sampling_work(scale: Scale, lengths: list[int], n: int, sampled: float) -> tuple[float, float]:
+    """(FLOPs, seconds) of the matmuls of alignscope's sampling: each batch of 64 // n prompts prefilled once (left-padded
+    to its longest, logits at its last position), then one token per live sample per decode step, `sampled` tokens in all.
+
+    Decode matmuls are timed at a full batch's rows, the fastest they run, so finished rows leaving only adds time.
+    """
+    per = max(1, 64 // n)
+    batches = [lengths[s : s + per] for s in range(0, len(lengths), per)]
+    prefill = sum(len(b) * max(b) for b in batches)
+    decode = sampled - n * len(lengths)  # every sample's last token is drawn, never fed back
+    d, v, n_body = scale.hidden_size, scale.vocab_size, _body_params(scale)
+    pre_f, _ = _stack_seconds(scale, round(prefill / len(batches)), backward=False)
+    dec_f, _ = _stack_seconds(scale, per * n, backward=False)
+    head_pre, _ = _head_seconds(scale, per, backward=False)
+    head_dec, _ = _head_seconds(scale, per * n, backward=False)
+    flop = 2 * n_body * (prefill + decode) + 2 * d * v * (len(lengths) + decode)
+    return flop, prefill * pre_f + decode * dec_f + len(lengths) * head_pre + decode * head_dec
+
+
+def sampling_floor(scale: Scale, assets: Path, sampled: dict[str, float]) -> dict[str, tuple[float, float]]:
+    """The matmul floor (as `matmul_floor`) of the rows that sample, from `sampled`: the tokens alignscope's side drew
+    (gen_n: in all; rl: per step).
+
+    gen_n: `_sampling_work`. rl, per step: the sampling, then the rollout (each group one packed row: its prompt
+    once and its samples) through the policy forward and backward and the reference forward, the unembedding at
+    the sampled tokens.
+    """
+    from alignscope.models.scoring import default_chunk_tokens
+
+    torch.set_num_threads(THREADS)
+    rows = [json.loads(line) for line in open(assets / "pairs.jsonl")]
+    out = {}
+    if "gen_n" in sampled:
+        out["gen_n"] = _sampling_work(scale, prompt_lengths(assets, _gen_n_prompts(rows, scale)), scale.gen_n, sampled["gen_n"])
+    if "rl" in sampled:
+        lengths, resp = prompt_lengths(assets, _rl_prompts(rows, scale)), sampled["rl"]
+        gen_flop, gen_secs = _sampling_work(scale, lengths, scale.rl_samples, resp)
+        tokens = sum(lengths) + resp
+        d, v, n_body = scale.hidden_size, scale.vocab_size, _body_params(scale)
+        body_f, body_b = _stack_seconds(scale, round(tokens))
+        head_f, head_b = _head_seconds(scale, default_chunk_tokens(v))
+        flop = gen_flop + (6 + 2) * n_body * tokens + (6 + 2) * d * v * resp
+        secs = gen_secs + tokens * (2 * body_f + body_b) + resp * (2 * head_f + head_b)
+        out["rl"] = (flop * scale.rl_steps, secs * scale.rl_steps)
     return out
