@@ -34,7 +34,7 @@ def prompts(tmp_path, lab_tiny) -> Path:
 
 def options(prompts: Path, out: Path, **over) -> list[str]:
     opts = {"model": "lab:tiny", "prompts": str(prompts), "reward": "lab:gold", "output_dir": str(out), "algorithm": "grpo",
-            "steps": 3, "prompts_per_step": 4, "samples_per_prompt": 4, "generation_batch_size": 2, "max_new_tokens": 12,
+            "steps": 1, "prompts_per_step": 4, "samples_per_prompt": 4, "generation_batch_size": 2, "max_new_tokens": 12,
             "lr": 1e-3, "kl_coef": 0.05, "num_iterations": 2, "entropy_coef": 0.01, "progress": "false", "log_completions": 4, **over}
     return [f"{k}={v}" for k, v in opts.items()]
 
@@ -48,14 +48,16 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("loss_type", ["bnpo"])
-def test_two_processes_take_the_step_one_process_takes(tmp_path, prompts, loss_type):
+def test_two_processes_take_the_step_one_process_takes(tmp_path, prompts, loss_type, lab_tiny):
+    """One rollout batch and two updates on it (num_iterations 2). Over more steps the runs part: Adam turns rounding
+    in near-zero gradient entries into weight differences up to lr / 10, and those flip an occasional sampled token."""
     one, two = tmp_path / "one", tmp_path / "two"
     a = subprocess.run(CLI + options(prompts, one, loss_type=loss_type), env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert a.returncode == 0, a.stderr[-3000:]
     b = subprocess.run(TORCHRUN + options(prompts, two, loss_type=loss_type), env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert b.returncode == 0, b.stderr[-3000:]
     ra, rb = rows(one), rows(two)
-    assert [r["step"] for r in rb] == [1, 2, 3]
+    assert [r["step"] for r in rb] == [1]
     for x, y in zip(ra, rb):  # the same samples (seeded per call), advantages, loss and metrics over the whole batch
         for key in ("reward/proxy_mean", "reward_variance/mean", "response_length", "kl", "loss", "entropy", "clip_fraction"):
             assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-6), key
@@ -64,7 +66,8 @@ def test_two_processes_take_the_step_one_process_takes(tmp_path, prompts, loss_t
     for k, v in wa.items():
         # Adam's normalised step turns rounding in a near-zero gradient entry into up to lr (1e-3) per step: lr / 10.
         torch.testing.assert_close(wb[k], v, atol=1e-4, rtol=0)
-    assert ra[-1]["kl"] > 0  # the policy moved
+    start = lab_tiny[0].state_dict()  # model=lab:tiny is this model
+    assert any(not torch.equal(v, start[k]) for k, v in wa.items())  # the updates moved the policy
     assert b.stdout.count("done:") == 1  # one process reports, one writes
 
 

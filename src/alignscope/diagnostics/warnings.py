@@ -27,7 +27,7 @@ class Pitfall:
     mitigation: str
 
 
-def detect_displacement(stats: Mapping[str, Any], max_fraction_fell: float = 0.5) -> list[Pitfall]:
+def detect_displacement(stats: Mapping[str, Any], max_fraction_fell: float = 0.5, what: str = "eval pairs") -> list[Pitfall]:
     """Likelihood displacement from `displacement_stats` output.
 
     Fires when more than `max_fraction_fell` of the pairs lost chosen log-prob, or when the mean
@@ -39,7 +39,7 @@ def detect_displacement(stats: Mapping[str, Any], max_fraction_fell: float = 0.5
     return [Pitfall(
         name="likelihood displacement",
         size=fell,
-        message=f"chosen log-prob fell for {fell:.0%} of eval pairs (mean change {mean:+.3f} nats)",
+        message=f"chosen log-prob fell for {fell:.0%} of {what} (mean change {mean:+.3f} nats)",
         mitigation=DISPLACEMENT_FIX,
     )]
 

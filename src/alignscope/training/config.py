@@ -138,7 +138,7 @@ class TrainConfig(DeviceOptions):
                 )
 
 
-ALGORITHMS = ("reinforce", "rloo", "grpo", "dr_grpo", "ppo")
+ALGORITHMS = ("reinforce", "rloo", "grpo", "dr_grpo", "ppo", "online_dpo")
 
 
 @dataclass
@@ -167,7 +167,8 @@ class RLConfig(DeviceOptions, RolloutOptions):
     """Every option of `alignscope train rl`. The algorithm is the advantage estimator; `loss_type` is how
     the per-token loss is averaged (TRL's names and meanings); the sampling engine's and the device's options come first."""
 
-    algorithm: Literal["reinforce", "rloo", "grpo", "dr_grpo", "ppo"] = opt("rloo", "the advantage estimator (ppo adds a value head and GAE)")
+    algorithm: Literal["reinforce", "rloo", "grpo", "dr_grpo", "ppo", "online_dpo"] = opt(
+        "rloo", "the advantage estimator (ppo adds a value head and GAE), or online_dpo: DPO on two samples per prompt ranked by the reward")
     model: str = opt("lab:tiny", "the policy: a folder, a .gguf file, 'smollm2', a cached hub id, or 'lab:SIZE'")
     prompts: str = opt("", "the prompts: a prompt-only data file (or any format with prompts), a saved `datasets` folder, or a Hub "
                            "dataset hf:NAME[:SUBSET][@SPLIT]; not needed when given in memory")
@@ -211,7 +212,8 @@ class RLConfig(DeviceOptions, RolloutOptions):
     overlong_buffer: int | None = opt(None, "DAPO's soft overlong penalty: it ramps over the last N tokens before max_new_tokens; null = off", ge=1)
     overlong_penalty: float = opt(1.0, "the overlong penalty at max_new_tokens (reward units)", ge=0)
     entropy_coef: float = opt(0.0, "weight of the entropy bonus (token-mean entropy of the policy, subtracted from the loss)", ge=0)
-    kl_coef: float = opt(0.05, "weight of the KL penalty to the reference", ge=0)
+    kl_coef: float = opt(0.05, "weight of the KL penalty to the reference (online_dpo: beta plays this part)", ge=0)
+    beta: float = opt(0.1, "online_dpo: the DPO temperature, how far the policy may move from the reference", gt=0)
     kl_mode: Literal["reward", "loss"] = opt("loss", "the KL penalty subtracted from the reward, or added to the loss")
     kl_estimator: Literal["k1", "k2", "k3"] | None = opt(None, "Schulman's KL estimator; null = k1 in the reward, k3 in the loss")
     use_bias_correction_kl: bool = opt(True, "kl_mode=loss: weight each token's KL by the importance ratio to the rollout policy (TRL's default)")
@@ -249,6 +251,16 @@ class RLConfig(DeviceOptions, RolloutOptions):
         if self.reward and self.rewards:
             raise ConfigError("both reward and rewards are set", "give one reward, or list them all under rewards")
         _check_output_dir(self.output_dir)
+        if self.algorithm == "online_dpo":
+            if self.samples_per_prompt != 2:
+                raise ConfigError(f"online_dpo ranks two samples per prompt, got samples_per_prompt {self.samples_per_prompt}",
+                                  "set samples_per_prompt: 2")
+            if self.micro_batch_size is not None and self.micro_batch_size % 2:
+                raise ConfigError(f"online_dpo keeps a pair in one micro-batch, got micro_batch_size {self.micro_batch_size}",
+                                  "use an even micro_batch_size")
+            if self.kl_mode == "reward" or self.loss_type is not None or self.scale_rewards is not None:
+                raise ConfigError("kl_mode: reward, loss_type and scale_rewards are policy-gradient options; online_dpo's loss is DPO's",
+                                  "drop them (beta sets how far the policy may move from the reference)")
         if self.samples_per_prompt < 2 and self.algorithm in ("rloo", "grpo", "dr_grpo"):
             raise ConfigError(f"{self.algorithm} needs samples_per_prompt >= 2 (it compares samples of one prompt)")
         if self.scale_rewards is not None and self.algorithm != "grpo":

@@ -1,10 +1,12 @@
-"""On-policy RL from reward sources: REINFORCE, RLOO, GRPO, Dr. GRPO and PPO, with KL control.
+"""On-policy RL from reward sources: REINFORCE, RLOO, GRPO, Dr. GRPO and PPO, with KL control, and online DPO.
 
 One loop, read top to bottom: sample n responses per prompt -> the weighted sum of the rewards
 (each logged) -> per-prompt reward variance (the flat-objective pitfall) -> optional dynamic
 sampling that drops low-variance groups -> reward transform and overlong penalty -> advantages
 (the algorithm) -> num_iterations passes of steps_per_generation mini-batches, each the clipped
-surrogate with the KL term aggregated by `loss_type` (TRL's names) -> step. Metrics each step
+surrogate with the KL term aggregated by `loss_type` (TRL's names) -> step. Online DPO takes the same
+path with two samples per prompt: the higher-scored one is chosen, the loss is DPO's against the
+reference, and each update's effect on the pairs it trained on is the displacement monitor. Metrics each step
 include every reward, gold reward, KL, entropy, lengths and reward-variance statistics, and the
 reward-hacking alarms read them.
 """
@@ -31,11 +33,15 @@ from alignscope.diagnostics.overoptimization import fit_rl, gold_peak, sqrt_kl
 from alignscope.diagnostics.reward_hacking import HackingMonitor
 from alignscope.diagnostics.variance import per_prompt_variance
 from alignscope.diagnostics.warnings import (
+    Pitfall,
+    detect_displacement,
     detect_flat_objective,
     detect_overoptimization,
 )
 from alignscope.errors import ConfigError, DataError, TrainingError
+from alignscope.diagnostics.displacement import displacement_stats
 from alignscope.losses import policy_gradient as pg
+from alignscope.losses.preference import preference_loss
 from alignscope.models.device import Placement, load_placed, use_device
 from alignscope.models.loading import set_activation_checkpointing
 from alignscope.models.scoring import Scorer, body_and_head, pad_token_id, score_batch
@@ -85,6 +91,35 @@ def compute_advantages(
     if cfg.algorithm == "dr_grpo":
         return pg.dr_grpo_advantages(grouped).reshape(-1), None
     return pg.reinforce_advantages(grouped, baseline="mean").reshape(-1), None
+
+
+def online_dpo_metrics(beta: float, logps: torch.Tensor, ref_logps: torch.Tensor, chosen: torch.Tensor, after: torch.Tensor) -> dict[str, float]:
+    """One online-DPO step's metrics over its pairs, under TRL's OnlineDPOTrainer names, plus the displacement
+    monitor: how the update moved log pi of the chosen and rejected samples it was just trained on.
+
+    `logps` are the sampling policy's sequence log-probs, `after` the updated policy's, `chosen` marks each
+    pair's chosen row (rows 2j and 2j+1 are pair j)."""
+    chosen = chosen.bool()
+    c, r = (logps - ref_logps)[chosen] * beta, (logps - ref_logps)[~chosen] * beta
+    moved = displacement_stats(logps[chosen].tolist(), after[chosen].tolist(), logps[~chosen].tolist(), after[~chosen].tolist())
+    return {"rewards/chosen": float(c.mean()), "rewards/rejected": float(r.mean()), "rewards/margins": float((c - r).mean()),
+            "rewards/accuracies": float((c > r).float().mean()), "logps/chosen": float(logps[chosen].mean()),
+            "logps/rejected": float(logps[~chosen].mean()), "displacement/mean_chosen_change": moved["mean_chosen_change"],
+            "displacement/mean_rejected_change": moved["mean_rejected_change"],
+            "displacement/fraction_chosen_fell": moved["fraction_chosen_fell"]}
+
+
+def online_displacement(rows: list[dict], steps: int, fired: bool) -> list[Pitfall]:
+    """Likelihood displacement in online DPO: over the last quarter of the run (at least 5 steps), the updates
+    lowered the chosen samples' log-prob on average, or for most pairs. One step's effect on the pairs it
+    trained on is the quantity CHES predicts (Razin et al. 2024); a window keeps one noisy step from firing."""
+    window = max(5, steps // 4)
+    if fired or len(rows) < window:
+        return []
+    last = rows[-window:]
+    mean = sum(r["displacement/mean_chosen_change"] for r in last) / window
+    fell = sum(r["displacement/fraction_chosen_fell"] for r in last) / window
+    return detect_displacement({"mean_chosen_change": mean, "fraction_chosen_fell": fell}, what=f"trained pairs over the last {window} steps")
 
 
 def overoptimization_summary(out_dir: Path, logger: MetricsLogger) -> dict | None:
@@ -342,7 +377,7 @@ def train_rl(
         transform = fit_reward_transform(cfg, RewardTransform(cfg.reward_transform), ref, tokenizer, prompts, rewards, say) \
             if cfg.reward_transform else None
     pad_id = pad_token_id(tokenizer)
-    ppo = cfg.algorithm == "ppo"
+    ppo, dpo = cfg.algorithm == "ppo", cfg.algorithm == "online_dpo"
     value_head = None
     if ppo:
         value_head = torch.nn.Linear(model.config.hidden_size, 1, device=device)
@@ -378,6 +413,8 @@ def train_rl(
             say(f"resumed from step {start} of {cfg.steps}")
     logger = MetricsLogger(out_dir, enabled=procs.is_main, truncate_after=start if resume else 0, report_to=cfg.report_to, log=say)
     alarms = HackingMonitor(*_logged(out_dir)) if resume and start else HackingMonitor()
+    displacement = [r for r in _logged(out_dir)[0] if "displacement/mean_chosen_change" in r] if resume and start else []
+    fired_displacement = resume and start and "likelihood displacement" in _logged(out_dir)[1]
     n = cfg.samples_per_prompt
     # One process without generation_batch_size samples from the run's random stream (one call per rollout batch);
     # otherwise every call is seeded by where its prompts sit in the batch, whichever process makes it.
@@ -389,6 +426,12 @@ def train_rl(
         with torch.set_grad_enabled(need_grad), accelerator.autocast():
             return trained([p_ids[i] for i in idx], [r_ids[i] for i in idx], pad_id=pad_id, width=width,
                            entropy=cfg.entropy_coef > 0, padding_free=cfg.padding_free)
+
+    def after_update_logps(idx: list[int], width: int, loss_mask: torch.Tensor) -> torch.Tensor:
+        """Sequence log-probs of this process's samples under the updated policy (online DPO's displacement monitor)."""
+        micro = cfg.micro_batch_size or len(idx)
+        tok = torch.cat([forward(idx[i : i + micro], width, need_grad=False)[0] for i in range(0, len(idx), micro)])
+        return (tok * loss_mask).sum(-1)
 
     def sample(batch_prompts: list, step: int, round_: int, at: int) -> list[tuple[list, Any]]:
         """(prompts, rollout) of each sampling call over `batch_prompts`; `at` is the first one's position in the step's batch."""
@@ -430,7 +473,7 @@ def train_rl(
                     n_groups += 1
                     flat = bool(var[j] <= cfg.variance_threshold)
                     n_flat += flat
-                    if flat and cfg.dynamic_sampling:
+                    if flat and (cfg.dynamic_sampling or dpo):  # a tied pair states no preference
                         continue
                     sl = slice(j * n, (j + 1) * n)
                     kept_p.append(p)
@@ -489,14 +532,19 @@ def train_rl(
             old_values = values0.detach() if values0 is not None else None
             kl_coef = kl_ctl.value
             seq_kl = (pg.kl_k1(old_tok, ref_tok) * mask).sum(-1)
-            # Advantages over the whole batch (every process's groups), then this process's rows.
-            mine_rows = slice(procs.rank * len(p_ids), (procs.rank + 1) * len(p_ids))
             all_mask, all_loss_mask = procs.gather(mask), procs.gather(loss_mask)
-            adv, returns = compute_advantages(cfg, procs.gather(scores.to(device)), all_mask,
-                                              procs.gather(pg.kl_estimate(old_tok, ref_tok, kl_est) * mask), kl_coef,
-                                              procs.gather(old_values) if ppo else None)
-            adv, returns = adv[mine_rows], (returns[mine_rows] if returns is not None else None)
+            if dpo:  # online DPO: each pair's higher-scored sample is its chosen response
+                chosen = (scores[:, 0] >= scores[:, 1]).repeat_interleave(2).to(device)
+                chosen[1::2] = ~chosen[0::2]
+                adv = returns = None
+            else:  # advantages over the whole batch (every process's groups), then this process's rows
+                mine_rows = slice(procs.rank * len(p_ids), (procs.rank + 1) * len(p_ids))
+                adv, returns = compute_advantages(cfg, procs.gather(scores.to(device)), all_mask,
+                                                  procs.gather(pg.kl_estimate(old_tok, ref_tok, kl_est) * mask), kl_coef,
+                                                  procs.gather(old_values) if ppo else None)
+                adv, returns = adv[mine_rows], (returns[mine_rows] if returns is not None else None)
             size = math.ceil(len(p_ids) / cfg.steps_per_generation)
+            size += size % n if dpo else 0  # a mini-batch holds whole pairs
             minibatches = [all_idx[i : i + size] for i in range(0, len(p_ids), size)]
             num_items = float(all_loss_mask.sum()) / len(minibatches)  # dapo: the rollout's tokens per optimizer step
             high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
@@ -516,13 +564,18 @@ def train_rl(
                         sync = contextlib.nullcontext() if k == len(micro_parts) - 1 else accelerator.no_sync(trained)
                         with sync:
                             tok, values, entropy = first if single else forward(part, width, need_grad=True)
-                            loss = procs.world * pg.micro_batch_weight(loss_type, loss_mask[part], batch_loss_mask) * pg.policy_gradient_loss(
-                                tok, adv[part], loss_mask[part], old_token_logps=old_tok[part], epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
-                                loss_type=loss_type, max_len=cfg.max_new_tokens, num_items=num_items,
-                                importance_sampling_level=cfg.importance_sampling_level,
-                                kl_coef=kl_coef if cfg.kl_mode == "loss" else 0.0, ref_token_logps=ref_tok[part], kl_estimator=kl_est,
-                                use_bias_correction_kl=cfg.use_bias_correction_kl,
-                            )
+                            if dpo:
+                                seq, ref_seq, c = (tok * loss_mask[part]).sum(-1), (ref_tok[part] * loss_mask[part]).sum(-1), chosen[part]
+                                loss = procs.world * pg.micro_batch_weight("grpo", loss_mask[part], batch_loss_mask) * preference_loss(
+                                    "sigmoid", seq[c], seq[~c], ref_seq[c], ref_seq[~c], beta=cfg.beta).losses.mean()
+                            else:
+                                loss = procs.world * pg.micro_batch_weight(loss_type, loss_mask[part], batch_loss_mask) * pg.policy_gradient_loss(
+                                    tok, adv[part], loss_mask[part], old_token_logps=old_tok[part], epsilon=cfg.epsilon,
+                                    epsilon_high=cfg.epsilon_high, loss_type=loss_type, max_len=cfg.max_new_tokens, num_items=num_items,
+                                    importance_sampling_level=cfg.importance_sampling_level,
+                                    kl_coef=kl_coef if cfg.kl_mode == "loss" else 0.0, ref_token_logps=ref_tok[part], kl_estimator=kl_est,
+                                    use_bias_correction_kl=cfg.use_bias_correction_kl,
+                                )
                             if entropy is not None:
                                 loss = loss - cfg.entropy_coef * procs.world * pg.micro_batch_weight("bnpo", loss_mask[part], batch_loss_mask) \
                                     * pg.aggregate_tokens(entropy, loss_mask[part], "bnpo")
@@ -542,6 +595,13 @@ def train_rl(
                         accelerator.clip_grad_norm_(trained.parameters(), cfg.max_grad_norm)
                     optimizer.step()
             scheduler.step()
+            if dpo:
+                row.update(online_dpo_metrics(cfg.beta, *(procs.gather(x) for x in (
+                    (old_tok * loss_mask).sum(-1), (ref_tok * loss_mask).sum(-1), chosen.long(), after_update_logps(all_idx, width, loss_mask)))))
+                displacement.append(row)
+                for pitfall in online_displacement(displacement, cfg.steps, fired_displacement):
+                    fired_displacement = True
+                    logger.pitfall(step + 1, pitfall)
             if engine is not None:
                 engine.sync(model)
             # --- metrics over the whole batch
@@ -561,7 +621,7 @@ def train_rl(
                 **{f"reward/{k}_mean": v for k, v in part_means.items()},
                 "kl": mean_kl,
                 "kl_coef": kl_coef,
-                "clip_fraction": clip_fraction,
+                **({} if dpo else {"clip_fraction": clip_fraction}),
                 "entropy": float(-(all_old_tok * all_mask).sum() / all_mask.sum()),
                 "response_length": float(all_lengths.mean()),
                 "truncated_fraction": float(procs.gather(truncated.float()).mean()),
