@@ -283,32 +283,20 @@ def test_hacking_alarms_fire_on_a_gamed_reward_and_stay_silent_on_a_healthy_run(
     assert not HACKING & set(pitfalls("healthy")), pitfalls("healthy")
 
 
-def test_heldout_and_kl_alarms_fire_on_runs_built_to_trigger_them(tmp_path, lab_tiny):
-    """Two constructed 30-step RLOO runs (seeds 0-2 checked when built). Held-out: a proxy that pays short answers on
-    the training prompts and long ones on the others, evaluated every 3 steps on 8 other prompts: the training proxy
-    rises while the held-out one falls. KL: the gold reward capped at 0 (the policy reaches the cap early) plus noise,
-    no KL penalty: past the cap the noise keeps moving the policy, so the KL keeps rising for no proxy gain."""
-    import random
-
+def test_heldout_alarm_fires_on_a_run_built_to_trigger_it(tmp_path, lab_tiny):
+    """A 30-step RLOO run whose proxy pays short answers on the training prompts and long ones on every other prompt,
+    evaluated every 3 steps on 8 other prompts: the training proxy rises while the held-out one falls (fired on
+    seeds 0-2 when built). The healthy run of the test above stays silent with held-out evaluation on."""
     from alignscope.data.records import prompt_text
-
-    def pitfalls(name: str) -> set[str]:
-        path = tmp_path / name / "pitfalls.jsonl"
-        return {p["name"] for p in map(json.loads, path.read_text().splitlines())} if path.exists() else set()
 
     train_set = {prompt_text(p) for p in PROMPTS[:16]}
 
     def split_reward(prompts, responses):
         return [(-1 if prompt_text(p) in train_set else 1) * len(r.split()) / 10 for p, r in zip(prompts, responses)]
 
-    noise = random.Random(0)
-
-    def capped_noisy(prompts, responses):
-        return [min(g, 0.0) + noise.gauss(0, 0.3) for g in gold_rewards(prompts, responses)]
-
     model, tok, cfg = rl(tmp_path, lab_tiny, "heldout", steps=30, prompts_per_step=8, samples_per_prompt=4, lr=3e-4, eval_steps=3)
     train_rl(cfg, model=model, tokenizer=tok, prompts=PROMPTS[:16], eval_prompts=PROMPTS[16:24], reward=split_reward, log=lambda *a: None)
-    assert "held-out reward falling" in pitfalls("heldout")
-    model, tok, cfg = rl(tmp_path, lab_tiny, "kl", steps=30, prompts_per_step=8, samples_per_prompt=4, lr=1e-3)
-    train_rl(cfg, model=model, tokenizer=tok, prompts=PROMPTS[:16], reward=capped_noisy, log=lambda *a: None)
-    assert "KL outpacing reward" in pitfalls("kl")
+    path = tmp_path / "heldout" / "pitfalls.jsonl"
+    fired = {p["name"]: p for p in map(json.loads, path.read_text().splitlines())}
+    assert "held-out reward falling" in fired, fired
+    assert fired["held-out reward falling"]["mitigation"]
