@@ -412,9 +412,10 @@ def train_rl(
             kl_ctl.value = state.get("kl_coef", kl_ctl.value)
             say(f"resumed from step {start} of {cfg.steps}")
     logger = MetricsLogger(out_dir, enabled=procs.is_main, truncate_after=start if resume else 0, report_to=cfg.report_to, log=say)
-    alarms = HackingMonitor(*_logged(out_dir)) if resume and start else HackingMonitor()
-    displacement = [r for r in _logged(out_dir)[0] if "displacement/mean_chosen_change" in r] if resume and start else []
-    fired_displacement = resume and start and "likelihood displacement" in _logged(out_dir)[1]
+    logged_rows, fired = _logged(out_dir) if resume and start else ([], [])
+    alarms = HackingMonitor(logged_rows, fired)
+    displacement = [r for r in logged_rows if "displacement/mean_chosen_change" in r]
+    fired_displacement = "likelihood displacement" in fired
     n = cfg.samples_per_prompt
     # One process without generation_batch_size samples from the run's random stream (one call per rollout batch);
     # otherwise every call is seeded by where its prompts sit in the batch, whichever process makes it.
@@ -427,11 +428,11 @@ def train_rl(
             return trained([p_ids[i] for i in idx], [r_ids[i] for i in idx], pad_id=pad_id, width=width,
                            entropy=cfg.entropy_coef > 0, padding_free=cfg.padding_free)
 
-    def after_update_logps(idx: list[int], width: int, loss_mask: torch.Tensor) -> torch.Tensor:
-        """Sequence log-probs of this process's samples under the updated policy (online DPO's displacement monitor)."""
+    def score_without_grad(idx: list[int], width: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token log-probs [b, width] (and PPO values) of the sequences `idx`, micro_batch_size at a time."""
         micro = cfg.micro_batch_size or len(idx)
-        tok = torch.cat([forward(idx[i : i + micro], width, need_grad=False)[0] for i in range(0, len(idx), micro)])
-        return (tok * loss_mask).sum(-1)
+        parts = [forward(idx[i : i + micro], width, need_grad=False) for i in range(0, len(idx), micro)]
+        return torch.cat([p[0] for p in parts]), (torch.cat([p[1] for p in parts]) if ppo else None)
 
     def sample(batch_prompts: list, step: int, round_: int, at: int) -> list[tuple[list, Any]]:
         """(prompts, rollout) of each sampling call over `batch_prompts`; `at` is the first one's position in the step's batch."""
@@ -522,12 +523,7 @@ def train_rl(
             micro = cfg.micro_batch_size or len(p_ids)
             single = cfg.num_iterations == 1 and cfg.steps_per_generation == 1 and micro >= len(p_ids)
             first = forward(all_idx, width, need_grad=True) if single else None
-            if single:
-                tok0, values0 = first[0], first[1]
-            else:
-                parts = [forward(all_idx[i : i + micro], width, need_grad=False) for i in range(0, len(all_idx), micro)]
-                tok0 = torch.cat([p[0] for p in parts])
-                values0 = torch.cat([p[1] for p in parts]) if ppo else None
+            tok0, values0 = (first[0], first[1]) if single else score_without_grad(all_idx, width)
             old_tok = tok0.detach()
             old_values = values0.detach() if values0 is not None else None
             kl_coef = kl_ctl.value
@@ -553,6 +549,10 @@ def train_rl(
                 """The rows of every process's mini-batch that matches this process's `idx`."""
                 return [r * len(p_ids) + i for r in range(procs.world) for i in idx]
 
+            def share(kind: str, part_mask: torch.Tensor, whole_mask: torch.Tensor) -> float:
+                """A micro-batch's share of the whole mini-batch's loss, x world: DDP averages the processes' gradients."""
+                return procs.world * pg.micro_batch_weight(kind, part_mask, whole_mask)
+
             for _ in range(cfg.num_iterations):
                 for idx in minibatches:
                     optimizer.zero_grad(set_to_none=True)
@@ -560,16 +560,15 @@ def train_rl(
                     batch_loss_mask, batch_mask = all_loss_mask[whole(idx)], all_mask[whole(idx)]
                     micro_parts = [idx[i : i + micro] for i in range(0, len(idx), micro)]
                     for k, part in enumerate(micro_parts):
-                        # DDP averages the processes' gradients: each part's loss is its share of the whole mini-batch, x world.
                         sync = contextlib.nullcontext() if k == len(micro_parts) - 1 else accelerator.no_sync(trained)
                         with sync:
                             tok, values, entropy = first if single else forward(part, width, need_grad=True)
                             if dpo:
                                 seq, ref_seq, c = (tok * loss_mask[part]).sum(-1), (ref_tok[part] * loss_mask[part]).sum(-1), chosen[part]
-                                loss = procs.world * pg.micro_batch_weight("grpo", loss_mask[part], batch_loss_mask) * preference_loss(
+                                loss = share("grpo", loss_mask[part], batch_loss_mask) * preference_loss(
                                     "sigmoid", seq[c], seq[~c], ref_seq[c], ref_seq[~c], beta=cfg.beta).losses.mean()
                             else:
-                                loss = procs.world * pg.micro_batch_weight(loss_type, loss_mask[part], batch_loss_mask) * pg.policy_gradient_loss(
+                                loss = share(loss_type, loss_mask[part], batch_loss_mask) * pg.policy_gradient_loss(
                                     tok, adv[part], loss_mask[part], old_token_logps=old_tok[part], epsilon=cfg.epsilon,
                                     epsilon_high=cfg.epsilon_high, loss_type=loss_type, max_len=cfg.max_new_tokens, num_items=num_items,
                                     importance_sampling_level=cfg.importance_sampling_level,
@@ -577,10 +576,10 @@ def train_rl(
                                     use_bias_correction_kl=cfg.use_bias_correction_kl,
                                 )
                             if entropy is not None:
-                                loss = loss - cfg.entropy_coef * procs.world * pg.micro_batch_weight("bnpo", loss_mask[part], batch_loss_mask) \
+                                loss = loss - cfg.entropy_coef * share("bnpo", loss_mask[part], batch_loss_mask) \
                                     * pg.aggregate_tokens(entropy, loss_mask[part], "bnpo")
                             if values is not None:
-                                loss = loss + cfg.vf_coef * procs.world * pg.micro_batch_weight("bnpo", mask[part], batch_mask) \
+                                loss = loss + cfg.vf_coef * share("bnpo", mask[part], batch_mask) \
                                     * pg.value_loss(values, old_values[part], returns[part], mask[part], clip=cfg.cliprange_value)
                             if not torch.isfinite(loss):
                                 raise TrainingError(f"RL loss is {loss.item()} at step {step + 1}", "lower lr or kl_coef; the last good checkpoint is kept")
@@ -597,7 +596,7 @@ def train_rl(
             scheduler.step()
             if dpo:
                 row.update(online_dpo_metrics(cfg.beta, *(procs.gather(x) for x in (
-                    (old_tok * loss_mask).sum(-1), (ref_tok * loss_mask).sum(-1), chosen.long(), after_update_logps(all_idx, width, loss_mask)))))
+                    (old_tok * loss_mask).sum(-1), (ref_tok * loss_mask).sum(-1), chosen.long(), (score_without_grad(all_idx, width)[0] * loss_mask).sum(-1)))))
                 displacement.append(row)
                 for pitfall in online_displacement(displacement, cfg.steps, fired_displacement):
                     fired_displacement = True
