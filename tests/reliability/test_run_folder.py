@@ -290,7 +290,7 @@ def test_rejects_write_failure_is_a_message(base, tmp_path, capsys, monkeypatch)
     assert not out.exists()
 
 
-@pytest.mark.parametrize("method", ["rank", "rm"])
+@pytest.mark.parametrize("method", ["rank", "rm", "dpo"])
 def test_identical_after_truncation_is_counted_for_every_method_with_groups(base, tmp_path, capsys, method):
     if method == "rank":
         rows = [{"prompt": f"q{i}", "completions": ["same start then a", "same start then b", "same start then c"],
@@ -316,16 +316,6 @@ def test_atomic_write_failure_keeps_the_old_file(tmp_path, monkeypatch):
     with pytest.raises(OutputError, match="could not write .*table.json .*the previous file is kept"):
         write_text(path, "new")
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["table.json"]
-
-
-def test_identical_after_truncation_is_counted(base, tmp_path, capsys):
-    rows = [{"prompt": f"q{i}", "chosen": "same start then yes", "rejected": "same start then no"} for i in range(4)]
-    data = tmp_path / "cut.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    code, text = run(f"train dpo model={base['model']} data={data} output_dir={tmp_path / 'r'} progress=false batch_size=4 "
-                     "max_steps=1 max_length=4 max_prompt_length=2", capsys)
-    assert code == 0, text[-2000:]
-    assert "warning: 4 pairs (or rankings) have responses that are identical after truncation" in text
 
 
 def test_inspect_exit_status(base, tmp_path, capsys):
