@@ -222,8 +222,9 @@ def plain_forward(assets: Path, scale: Scale, work: Path) -> dict:
     return t.result
 
 
-def _gen_prompts(rows, scale: Scale) -> list[str]:
-    return [r["prompt"] for r in rows[: scale.gen_prompts]]
+def _first_prompts(rows, k: int) -> list[str]:
+    """The prompts of the first k pairs: what a sampling row samples from."""
+    return [r["prompt"] for r in rows[:k]]
 
 
 def _sampled_tokens(new: torch.Tensor, eos: int) -> int:
@@ -237,7 +238,7 @@ def alignscope_generate(assets: Path, scale: Scale, work: Path) -> dict:
     model, tok, rows = _load(assets)
     cfg = GenerationConfig(max_new_tokens=scale.gen_new_tokens, temperature=1.0, top_p=1.0, seed=0)
     with Timer() as t:
-        out = generate(model, tok, _gen_prompts(rows, scale), cfg, batch_size=32)
+        out = generate(model, tok, _first_prompts(rows, scale.gen_prompts), cfg, batch_size=32)
     return {**t.result, "gen_tokens": sum(len(r) for r in out.response_ids)}
 
 
@@ -245,7 +246,7 @@ def hf_generate(assets: Path, scale: Scale, work: Path) -> dict:
     """Plain Hugging Face sampling with the same settings: batch 32, left padding, KV cache."""
     model, tok, rows = _load(assets)
     tok.padding_side = "left"
-    prompts = _gen_prompts(rows, scale)
+    prompts = _first_prompts(rows, scale.gen_prompts)
     model.eval()
     n_tokens = 0
     torch.manual_seed(0)
@@ -261,10 +262,6 @@ def hf_generate(assets: Path, scale: Scale, work: Path) -> dict:
 GEN_N_BATCH = 64  # samples per batch in the generation row at n: 64 // n prompts (alignscope's default batch_size)
 
 
-def _gen_n_prompts(rows, scale: Scale) -> list[str]:
-    return [r["prompt"] for r in rows[: scale.gen_n_prompts]]
-
-
 def alignscope_generate_n(assets: Path, scale: Scale, work: Path) -> dict:
     """`gen_n` samples of each prompt: each prompt's prefill once, its KV cache shared by its samples."""
     from alignscope.rollout.generation import GenerationConfig, generate
@@ -272,7 +269,7 @@ def alignscope_generate_n(assets: Path, scale: Scale, work: Path) -> dict:
     model, tok, rows = _load(assets)
     cfg = GenerationConfig(max_new_tokens=scale.gen_new_tokens, temperature=1.0, top_p=1.0, n=scale.gen_n, seed=0)
     with Timer() as t:
-        out = generate(model, tok, _gen_n_prompts(rows, scale), cfg, batch_size=GEN_N_BATCH)
+        out = generate(model, tok, _first_prompts(rows, scale.gen_n_prompts), cfg, batch_size=GEN_N_BATCH)
     return {**t.result, "gen_tokens": sum(len(r) for r in out.response_ids)}
 
 
@@ -280,7 +277,7 @@ def hf_generate_n(assets: Path, scale: Scale, work: Path) -> dict:
     """Hugging Face's n samples per prompt: `num_return_sequences`, the same prompts per batch, left padding, KV cache."""
     model, tok, rows = _load(assets)
     tok.padding_side = "left"
-    prompts, per = _gen_n_prompts(rows, scale), GEN_N_BATCH // scale.gen_n
+    prompts, per = _first_prompts(rows, scale.gen_n_prompts), GEN_N_BATCH // scale.gen_n
     model.eval()
     n_tokens = 0
     torch.manual_seed(0)
@@ -303,16 +300,12 @@ def characters(prompts, completions, **kwargs) -> list[float]:
     return [len(c) / 100 for c in completions]
 
 
-def _rl_prompts(rows, scale: Scale) -> list[str]:
-    return [r["prompt"] for r in rows[: scale.rl_prompts]]
-
-
 def _rl_result(timed: dict, assets: Path, scale: Scale, steps: int, mean_lengths: float) -> dict:
     """An RL measurement: its times, optimizer steps, sampled tokens, and rollout tokens (each prompt once per group,
     then its samples) from the sum over steps of the mean completion length."""
     sampled = round(mean_lengths * scale.rl_prompts * scale.rl_samples)
     rows = [json.loads(line) for line in open(assets / "pairs.jsonl")]
-    prompts = steps * sum(prompt_lengths(assets, _rl_prompts(rows, scale)))
+    prompts = steps * sum(prompt_lengths(assets, _first_prompts(rows, scale.rl_prompts)))
     return {**timed, "steps": steps, "gen_tokens": sampled, "rollout_tokens": prompts + sampled}
 
 
@@ -327,7 +320,7 @@ def alignscope_grpo(assets: Path, scale: Scale, work: Path) -> dict:
                    prompts_per_step=scale.rl_prompts, samples_per_prompt=scale.rl_samples, max_new_tokens=scale.rl_new_tokens,
                    temperature=1.0, top_p=1.0, lr=scale.lr, kl_coef=RL_BETA, loss_type="dapo", progress=False, seed=0)
     with Timer() as t:
-        train_rl(cfg, model=model, tokenizer=tok, prompts=_rl_prompts(rows, scale), reward=characters, log=lambda *a, **k: None)
+        train_rl(cfg, model=model, tokenizer=tok, prompts=_first_prompts(rows, scale.rl_prompts), reward=characters, log=lambda *a, **k: None)
     logged = [json.loads(line) for line in open(work / "out" / "metrics.jsonl")]
     return _rl_result(t.result, assets, scale, len(logged), sum(r["response_length"] for r in logged))
 
@@ -400,7 +393,7 @@ def trl_grpo(assets: Path, scale: Scale, work: Path) -> dict:
     common = {**_trl_common(scale, work), "per_device_train_batch_size": group, "logging_steps": 1}
     args = GRPOConfig(**common, max_steps=scale.rl_steps, num_generations=scale.rl_samples, max_completion_length=scale.rl_new_tokens,
                       temperature=1.0, top_p=1.0, beta=RL_BETA, loss_type="dapo", scale_rewards="group")
-    data = Dataset.from_list([{"prompt": p} for p in _rl_prompts(rows, scale)])
+    data = Dataset.from_list([{"prompt": p} for p in _first_prompts(rows, scale.rl_prompts)])
     with Timer() as t:
         trainer = GRPOTrainer(model=model, reward_funcs=characters, args=args, train_dataset=data, processing_class=tok)
         trainer.train()
@@ -580,9 +573,9 @@ def sampling_floor(scale: Scale, assets: Path, sampled: dict[str, float]) -> dic
     rows = [json.loads(line) for line in open(assets / "pairs.jsonl")]
     out = {}
     if "gen_n" in sampled:
-        out["gen_n"] = _sampling_work(scale, prompt_lengths(assets, _gen_n_prompts(rows, scale)), scale.gen_n, sampled["gen_n"])
+        out["gen_n"] = _sampling_work(scale, prompt_lengths(assets, _first_prompts(rows, scale.gen_n_prompts)), scale.gen_n, sampled["gen_n"])
     if "rl" in sampled:
-        lengths, resp = prompt_lengths(assets, _rl_prompts(rows, scale)), sampled["rl"]
+        lengths, resp = prompt_lengths(assets, _first_prompts(rows, scale.rl_prompts)), sampled["rl"]
         gen_flop, gen_secs = _sampling_work(scale, lengths, scale.rl_samples, resp)
         tokens = sum(lengths) + resp
         d, v, n_body = scale.hidden_size, scale.vocab_size, _body_params(scale)
