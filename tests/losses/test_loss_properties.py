@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from alignscope.losses.preference import PREFERENCE_LOSSES, orpo_loss, preference_loss
@@ -58,6 +58,7 @@ def test_preference_losses_finite_for_extreme_logps(loss_type, c, r, rc, rr, lc,
 
 @FAST
 @given(c=logps4, r=logps4, beta=betas)
+@example(c=[0.0, 0.0, 0.0, -3.6256532294069424e-10], r=[0.0, 0.0, 0.0, 0.0], beta=1.0)  # once a NaN gradient (torch.where)
 def test_orpo_finite_for_extreme_mean_logps(c, r, beta):
     chosen = f32(c).requires_grad_()
     out = orpo_loss(chosen, f32(r), -chosen, beta=beta)

@@ -212,9 +212,13 @@ def combined_preference_loss(
 
 
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:
-    """log(1 - exp(x)) for x < 0, accurate on both sides of -log 2 (Mächler 2012)."""
+    """log(1 - exp(x)) for x < 0, accurate on both sides of -log 2 (Mächler 2012).
+
+    Each branch sees only inputs on its own side: `torch.where` differentiates both, and log1p(-exp(x))
+    at x near 0 (exp rounds to 1) is -inf, whose zero-weighted gradient is still NaN."""
     x = x.clamp(max=-torch.finfo(x.dtype).tiny ** 0.25)
-    return torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+    near = x > -math.log(2)
+    return torch.where(near, torch.log(-torch.expm1(torch.where(near, x, -1.0))), torch.log1p(-torch.exp(torch.where(near, -1.0, x))))
 
 
 def orpo_loss(
