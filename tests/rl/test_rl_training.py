@@ -283,6 +283,22 @@ def test_hacking_alarms_fire_on_a_gamed_reward_and_stay_silent_on_a_healthy_run(
     assert not HACKING & set(pitfalls("healthy")), pitfalls("healthy")
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kl_alarm_fires_when_an_entropy_bonus_drives_the_policy_off(tmp_path, lab_tiny, seed):
+    """30 RLOO steps on a short-answer proxy with an entropy bonus far too large (entropy_coef 0.1, lr 3e-4, no KL
+    penalty): the proxy rises for ~15 steps, then the bonus pushes the policy towards uniform noise, so the KL climbs
+    to ~100 nats while the proxy falls back. Fired on seeds 0-11 (and 0-4 with 8 samples) when built; the healthy
+    run above stays silent."""
+    model, tok, cfg = rl(tmp_path, lab_tiny, "entropy", steps=30, prompts_per_step=8, samples_per_prompt=4, lr=3e-4,
+                         entropy_coef=0.1, seed=seed)
+    train_rl(cfg, model=model, tokenizer=tok, prompts=PROMPTS, reward=lambda p, r: [-len(x.split()) / 10 for x in r], log=lambda *a: None)
+    fired = {p["name"]: p for p in map(json.loads, (tmp_path / "entropy" / "pitfalls.jsonl").read_text().splitlines())}
+    assert "KL outpacing reward" in fired, fired
+    assert fired["KL outpacing reward"]["mitigation"]
+    rows = [json.loads(line) for line in (tmp_path / "entropy" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["kl"] > 10 * rows[5]["kl"]  # the KL kept climbing after the early gain
+
+
 def test_heldout_alarm_fires_on_a_run_built_to_trigger_it(tmp_path, lab_tiny):
     """A 30-step RLOO run whose proxy pays short answers on the training prompts and long ones on every other prompt,
     evaluated every 3 steps on 8 other prompts: the training proxy rises while the held-out one falls (fired on
