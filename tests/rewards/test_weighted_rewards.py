@@ -157,7 +157,7 @@ def test_raising_reward_names_the_prompt_it_failed_on():
         w.scores(PROMPTS, RESPONSES)
     # the batch raised; called alone, (p0, "hi") passes and (p1, "yes bye") raises -> prompt p1
     msg = str(e.value)
-    assert "reward 'picky' raised ValueError: cannot parse 'bye' on prompt 'p1 say bye'" in msg
+    assert "reward 'picky' raised ValueError: cannot parse 'bye' on the response 'yes bye' to prompt 'p1 say bye'" in msg
     assert "at step" not in msg
     assert "fix the reward function" in e.value.fix
     assert isinstance(e.value.__cause__, ValueError)
@@ -172,7 +172,7 @@ def test_raising_only_on_a_batch_names_the_batch():
     w = WeightedRewards([RewardTerm("batchy", batch_only)])
     with pytest.raises(TrainingError) as e:
         w.scores(PROMPTS, RESPONSES, step=2)
-    assert "reward 'batchy' at step 2 raised RuntimeError: batch too big on a batch of 3 (first prompt 'p0 say hi')" in str(e.value)
+    assert "reward 'batchy' at step 2 raised RuntimeError: batch too big on a batch of 3 responses (first prompt 'p0 say hi')" in str(e.value)
 
 
 def test_culprit_search_stops_a_hang_on_one_prompt(gate):
@@ -187,7 +187,7 @@ def test_culprit_search_stops_a_hang_on_one_prompt(gate):
     with pytest.raises(TrainingError) as e:
         w.scores(PROMPTS, RESPONSES)
     # p0 and p1 pass alone, p2 times out -> blamed
-    assert "raised RuntimeError: batch failed on prompt 'p2 count'" in str(e.value)
+    assert "raised RuntimeError: batch failed on the response 'one two three' to prompt 'p2 count'" in str(e.value)
 
 
 def test_wrong_number_of_values():
@@ -202,9 +202,9 @@ def test_wrong_number_of_values():
 
 
 @pytest.mark.parametrize("value, kind", [
-    (math.nan, "nan"),
-    (math.inf, "inf"),
-    (-math.inf, "-inf"),
+    (math.nan, "a non-finite value (nan)"),
+    (math.inf, "a non-finite value (inf)"),
+    (-math.inf, "a non-finite value (-inf)"),
     (None, "a NoneType (None)"),
     ([1.0], "a list ([1.0])"),
 ])
@@ -221,7 +221,7 @@ def test_non_finite_or_non_number_names_the_response_and_prompt(value, kind):
 
 def test_nan_in_a_tensor_names_its_prompt():
     w = WeightedRewards([RewardTerm("t", lambda p, r: torch.tensor([0.0, 1.0, math.nan]))])
-    with pytest.raises(TrainingError, match="returned nan for the response 'one two three' to prompt 'p2 count'"):
+    with pytest.raises(TrainingError, match=r"returned a non-finite value \(nan\) for the response 'one two three' to prompt 'p2 count'"):
         w.scores(PROMPTS, RESPONSES)
 
 

@@ -173,7 +173,7 @@ class FunctionReward(RewardSource):
         check_reward_signature(self.fn, self.name)
 
     def __call__(self, prompts: list[Prompt], responses: list[str]) -> torch.Tensor:
-        from alignscope.rewards.weighted import call_with_timeout, first_bad, first_failing, short_prompt
+        from alignscope.rewards.weighted import call_with_timeout, failure_site, output_problem, short_prompt
 
         _check_lengths(prompts, responses)
         where = f"reward '{self.name}'"
@@ -186,23 +186,11 @@ class FunctionReward(RewardSource):
         if not ok:
             if isinstance(out, AlignscopeError):
                 raise out
-            culprit = first_failing(self.fn, prompts, responses, self.timeout)
-            at = (f" on the response {responses[culprit]!r:.60} to prompt {short_prompt(prompts[culprit])}" if culprit is not None
-                  else f" on a batch of {len(responses)} responses" + (f" (first prompt {short_prompt(prompts[0])})" if prompts else ""))
-            raise RewardError(f"{where} raised {type(out).__name__}: {str(out)[:300]}{at}",
+            raise RewardError(f"{where} raised {type(out).__name__}: {str(out)[:300]}{failure_site(self.fn, prompts, responses, self.timeout)}",
                               "fix the reward function (call it on that prompt and response to see the error)") from None
-        n = len(out) if isinstance(out, (list, tuple)) or (isinstance(out, torch.Tensor) and out.dim() == 1) else None
-        if n is not None and n != len(responses):
-            raise RewardError(f"{where} returned {n} values for {len(responses)} responses"
-                              + (f" (first prompt {short_prompt(prompts[0])})" if prompts else ""),
-                              "return one float per (prompt, response), in the order given")
-        if isinstance(out, (list, tuple)) and len(out) == len(responses):
-            bad = first_bad(out)
-            if bad is not None:
-                i, kind = bad
-                kind = f"a non-finite value ({kind})" if kind in ("nan", "inf", "-inf") else kind
-                raise RewardError(f"{where} returned {kind} for the response {responses[i]!r:.60} to prompt {short_prompt(prompts[i])}",
-                                  "return a finite float for every response")
+        problem = output_problem(out, prompts, responses, where)
+        if problem is not None:
+            raise RewardError(*problem)
         return as_rewards(out, len(responses), f"'{self.name}'")
 
 

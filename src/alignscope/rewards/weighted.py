@@ -91,6 +91,29 @@ def first_bad(values: Any) -> tuple[int, str] | None:
     return None
 
 
+def failure_site(fn: Callable[[list, list], Any], prompts: Sequence[Prompt], responses: Sequence[str], timeout: float | None) -> str:
+    """Where a batch call that raised failed, for its message: the first (prompt, response) that fails alone, or the batch."""
+    culprit = first_failing(fn, prompts, responses, timeout)
+    if culprit is not None:
+        return f" on the response {responses[culprit]!r:.60} to prompt {short_prompt(prompts[culprit])}"
+    return f" on a batch of {len(responses)} responses" + (f" (first prompt {short_prompt(prompts[0])})" if prompts else "")
+
+
+def output_problem(out: Any, prompts: Sequence[Prompt], responses: Sequence[str], where: str) -> tuple[str, str] | None:
+    """(problem, fix) when what a reward call returned is not one finite number per response, else None."""
+    if isinstance(out, (str, bytes)) or not hasattr(out, "__len__") or getattr(out, "ndim", None) == 0:  # 0-d: len() raises
+        return f"{where} returned {type(out).__name__}, not a list of numbers, for {len(responses)} responses", "return one float per (prompt, response)"
+    if len(out) != len(responses):
+        return (f"{where} returned {len(out)} values for {len(responses)} responses" + (f" (first prompt {short_prompt(prompts[0])})" if prompts else ""),
+                "return one float per (prompt, response), in the order given")
+    bad = first_bad(out)
+    if bad is None:
+        return None
+    i, kind = bad
+    kind = f"a non-finite value ({kind})" if kind in ("nan", "inf", "-inf") else kind
+    return f"{where} returned {kind} for the response {responses[i]!r:.60} to prompt {short_prompt(prompts[i])}", "return a finite float for every response"
+
+
 class WeightedRewards:
     """Σ_k w_k·r_k over named terms; `scores` also returns each term's rewards for logging.
 
@@ -123,19 +146,10 @@ class WeightedRewards:
             raise TrainingError(f"{where}: {out.problem}", f"{out.fix}; the last checkpoint is kept (resume with --resume)"
                                 if out.fix else fix) from None
         if not ok:
-            culprit = first_failing(term.source, prompts, responses, self.timeout)
-            at = f" on prompt {short_prompt(prompts[culprit])}" if culprit is not None else f" on a batch of {len(responses)} (first prompt {short_prompt(prompts[0])})"
-            raise TrainingError(f"{where} raised {type(out).__name__}: {out}{at}", fix) from out
-        if isinstance(out, (str, bytes)) or not hasattr(out, "__len__") or getattr(out, "ndim", None) == 0:  # 0-d: len() raises
-            raise TrainingError(f"{where} returned {type(out).__name__}, not a list of numbers, for {len(responses)} responses", fix)
-        if len(out) != len(responses):
-            raise TrainingError(f"{where} returned {len(out)} values for {len(responses)} responses (first prompt {short_prompt(prompts[0])})",
-                                "return one float per (prompt, response); " + fix)
-        bad = first_bad(out)
-        if bad is not None:
-            i, kind = bad
-            raise TrainingError(f"{where} returned {kind} for the response {responses[i]!r:.60} to prompt {short_prompt(prompts[i])}",
-                                "return a finite float for every response; " + fix)
+            raise TrainingError(f"{where} raised {type(out).__name__}: {out}{failure_site(term.source, prompts, responses, self.timeout)}", fix) from out
+        problem = output_problem(out, prompts, responses, where)
+        if problem is not None:
+            raise TrainingError(problem[0], f"{problem[1]}; {fix}")
         return torch.as_tensor(out.detach().cpu() if isinstance(out, torch.Tensor) else out, dtype=torch.float32).reshape(-1)
 
     def scores(self, prompts: list[Prompt], responses: list[str], step: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
