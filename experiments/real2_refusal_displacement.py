@@ -63,6 +63,7 @@ import numpy as np
 
 from alignscope import run_files as rf
 from alignscope.audits.data import audit_pairs
+from alignscope.data.formats import parse_hh
 from alignscope.data.records import PairExample, SFTExample
 from alignscope.lab.experiment import Memo, finish, fresh_dir, parse_args, pyplot, save_figure
 from alignscope.models.loading import load_model_and_tokenizer
@@ -114,7 +115,7 @@ def hh_prompts() -> list[str]:
     seen, out = set(), []
     with gzip.open(HH, "rt", encoding="utf-8") as f:
         for line in f:
-            text = json.loads(line)["chosen"].split("\n\nAssistant:")[0].replace("\n\nHuman:", "", 1).strip()
+            text = parse_hh(json.loads(line)["chosen"], "chosen")[0]["content"].strip()
             if 15 <= len(text) <= 300 and text.lower() not in seen:
                 seen.add(text.lower())
                 out.append(text)
