@@ -64,8 +64,14 @@ def save_checkpoint(
     scheduler: Any,
     state: dict[str, Any],
     keep_last: int = 2,
+    *,
+    tensors: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write checkpoint-<step> atomically and delete all but the newest `keep_last`."""
+    """Write checkpoint-<step> atomically and delete all but the newest `keep_last`.
+
+    `tensors` and `optimizer_state` stand in for the model's and optimizer's own state where those hold shards
+    (FSDP: the whole ones, which every process gathers and the main process writes)."""
     run_dir = Path(run_dir)
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f".tmp-checkpoint-{step}"
@@ -73,12 +79,13 @@ def save_checkpoint(
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        tensors = trainable_state(model)
+        tensors = trainable_state(model) if tensors is None else tensors
         # safetensors refuses shared storage (tied embeddings): store a copy per name.
         save_file({k: v.clone() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
         _test_kill_point(step, "weights")
+        optimizer_state = optimizer.state_dict() if optimizer_state is None else optimizer_state
         torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()},
+            {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()},
             tmp / "trainer_state.pt",
         )
         (tmp / "state.json").write_text(json.dumps({**state, "rng": rng_state()}))

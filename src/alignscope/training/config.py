@@ -229,6 +229,8 @@ class RLConfig(DeviceOptions, RolloutOptions):
     mixed_precision: Literal["no", "bf16", "fp16"] = opt("no", "accelerate's mixed precision for the forward and backward")
     gradient_checkpointing: bool = opt(False, "recompute activations in the backward (less memory, ~30% more time)")
     lora: LoraConfig | None = opt(None, "train a LoRA adapter instead of all weights, e.g. {r: 16, alpha: 32}; the reference is the adapter disabled")
+    ref_offload: bool = opt(False, "keep the frozen reference copy on the CPU and score it there: one copy of the weights "
+                                   "on the accelerator, a slower reference pass (not with lora, whose reference is no copy)")
     seed: int = opt(0, "random seed (prompt order, sampling, initialisation)", ge=0, lt=2**32)
     save_steps: int | None = opt(None, "write a checkpoint every N steps; null = only the final model", ge=1)
     keep_last: int = opt(2, "checkpoints kept on disk (older ones are pruned)", ge=1)
@@ -261,6 +263,9 @@ class RLConfig(DeviceOptions, RolloutOptions):
             if self.kl_mode == "reward" or self.loss_type is not None or self.scale_rewards is not None:
                 raise ConfigError("kl_mode: reward, loss_type and scale_rewards are policy-gradient options; online_dpo's loss is DPO's",
                                   "drop them (beta sets how far the policy may move from the reference)")
+        if self.ref_offload and self.lora is not None:
+            raise ConfigError("ref_offload moves the frozen reference copy to the CPU, but with lora the reference is the "
+                              "adapter disabled: there is no copy to move", "drop ref_offload (lora already keeps one copy of the weights)")
         if self.samples_per_prompt < 2 and self.algorithm in ("rloo", "grpo", "dr_grpo"):
             raise ConfigError(f"{self.algorithm} needs samples_per_prompt >= 2 (it compares samples of one prompt)")
         if self.scale_rewards is not None and self.algorithm != "grpo":

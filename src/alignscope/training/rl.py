@@ -274,14 +274,110 @@ def rollout_seed(seed: int, step: int, round_: int, first: int) -> int:
     return (((seed * 1_000_003 + step) * 101 + round_) * 1_000_033 + first + 1) % 2**63
 
 
+def frozen_reference(model: torch.nn.Module, offload: bool = False) -> torch.nn.Module:
+    """A frozen copy of the initial policy: the reference of full fine-tuning. It is only ever scored without grad,
+    so with `offload` it lives on the CPU and its forward runs there (`score_batch` follows the weights' device),
+    leaving one copy of the weights on the accelerator at the price of a slower reference pass."""
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    return ref.to("cpu") if offload else ref
+
+
+def check_sharding(accelerator, cfg: RLConfig) -> bool:
+    """Whether the run shards the policy (FSDP v2), after refusing the launches RL cannot take: DeepSpeed, FSDP v1,
+    and, under FSDP, LoRA and the vLLM engine (both read or rewrite the whole weights outside FSDP's gathers)."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ConfigError("train rl does not run under DeepSpeed: sampling needs the whole policy on every process, and "
+                          "alignscope gathers it only under FSDP v2 (deepspeed is not among its dependencies, so no DeepSpeed "
+                          "path of RL is built or tested)",
+                          "launch with an FSDP config (fsdp_version: 2, e.g. examples/accelerate/fsdp_2gpu.yaml) or a DDP one")
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return False
+    if not accelerator.is_fsdp2:
+        raise ConfigError("train rl runs under FSDP version 2 (torch's fully_shard) only, this config asks for version 1",
+                          "set fsdp_version: 2 in the accelerate config")
+    if cfg.lora is not None or cfg.rollout_backend == "vllm":
+        raise ConfigError("train rl under FSDP trains all weights and samples with its own sampler; lora and "
+                          "rollout_backend: vllm are not supported with a sharded policy",
+                          "drop lora and rollout_backend (or launch with a DDP config, where both run)")
+    return True
+
+
+@contextlib.contextmanager
+def whole_policy(root: torch.nn.Module) -> Iterator[None]:
+    """Under FSDP2, every process gathers the whole policy once for the block: sampling (one forward per decoded
+    token) and the main process's evaluation then run without collectives, however many forwards each process makes
+    (rows stop at different lengths, refill rounds differ). The gathered weights cost what DDP holds all the time;
+    gradients and optimizer states stay sharded, and so do the weights during the update. Without FSDP, nothing.
+
+    Each unit keeps its weights after forward inside the block; at its end they are resharded and each unit's own
+    reshard-after-forward setting is restored (torch keeps it only as the group's post-forward mesh)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in root.modules() if isinstance(m, FSDPModule)]
+    if not units:
+        yield
+        return
+    root._get_fsdp_state()._lazy_init()  # the root claims its units before any of them runs a forward on its own
+    groups = [g for m in units for g in m._get_fsdp_state()._fsdp_param_groups]
+    meshes = [g.post_forward_mesh_info for g in groups]
+    for m in units:
+        m.set_reshard_after_forward(False, recurse=False)
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in units:
+            m.reshard()
+        for g, mesh in zip(groups, meshes):
+            g.post_forward_mesh_info = mesh
+
+
+def full_state(root: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, dict]:
+    """FSDP2: the whole model's tensors (and the optimizer's state), gathered onto the main process's CPU in the form
+    an unsharded run saves them: `ckpt.save_checkpoint`'s `tensors` and `optimizer_state`. Every process calls it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    if optimizer is None:
+        return {"tensors": get_model_state_dict(root, options=options)}
+    tensors, named = get_state_dict(root, optimizer, options=options)
+    if not named:  # not the main process: it receives nothing
+        return {}
+    order = {name: i for i, name in enumerate(name for group in named["param_groups"] for name in group["params"])}
+    positional = {"state": {order[name]: v for name, v in named["state"].items()},
+                  "param_groups": [{**group, "params": [order[name] for name in group["params"]]} for group in named["param_groups"]]}
+    return {"tensors": tensors, "optimizer_state": positional}
+
+
+def load_full_state(root: torch.nn.Module, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                    optimizer_state: dict) -> None:
+    """FSDP2: a checkpoint's whole model and optimizer state into this process's shards. The optimizer state is
+    keyed by position, as `Optimizer.state_dict` keys it (so checkpoints of DDP, FSDP and single-process runs
+    resume one another); torch's sharded loader wants parameter names."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    names = {param: name for name, param in root.named_parameters()}
+    order = [names[param] for group in optimizer.param_groups for param in group["params"]]
+    named = {"state": {order[i]: v for i, v in optimizer_state["state"].items()},
+             "param_groups": [{**group, "params": [order[i] for i in group["params"]]} for group in optimizer_state["param_groups"]]}
+    set_state_dict(root, optimizer, model_state_dict=tensors, optim_state_dict=named, options=StateDictOptions(full_state_dict=True))
+
+
 class _PolicyPass(torch.nn.Module):
-    """The policy's scoring forward (and PPO's value head) as one module, so accelerate's wrapper (DDP)
-    sees every forward that a backward follows and averages the gradients across processes."""
+    """The policy's scoring forward (and PPO's value head) as one module, so accelerate's wrapper (DDP, or FSDP's
+    root) sees every forward that a backward follows and averages the gradients across processes."""
 
     def __init__(self, policy: torch.nn.Module, value_head: torch.nn.Module | None):
         super().__init__()
         self.policy = policy
         self.value = value_head
+
+    @property
+    def _no_split_modules(self) -> list[str] | None:
+        """The policy's transformer-block classes: FSDP's TRANSFORMER_BASED_WRAP reads them off the prepared module."""
+        return getattr(self.policy, "_no_split_modules", None)
 
     def forward(self, prompt_ids: list, response_ids: list, *, pad_id: int, width: int, entropy: bool, padding_free: bool):
         scorer, head = Scorer(self.policy), body_and_head(self.policy)[1]
@@ -303,7 +399,8 @@ def train_rl(
 
     Under `torchrun` / `accelerate launch` each process samples and trains on an equal share of every
     rollout batch; advantages, loss normalisers and metrics are computed over the whole batch, and
-    gradients are averaged (DDP), so the step is the one a single process takes on the same batch.
+    gradients are averaged (DDP, or FSDP v2 with the policy sharded and gathered whole for sampling:
+    `whole_policy`), so the step is the one a single process takes on the same batch.
 
     Flat groups (every sample of a prompt got the same reward) have advantage 0 but keep their KL
     term when dynamic sampling is off: the KL regularises the policy on every prompt it is sampled
@@ -311,7 +408,6 @@ def train_rl(
     cause (docs/rl.md).
     """
     from accelerate import Accelerator
-    from accelerate.utils import DistributedType
 
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.output_dir)
@@ -336,15 +432,15 @@ def train_rl(
     use_device(placement)
     accelerator = Accelerator(cpu=placement.device.type == "cpu", mixed_precision=cfg.mixed_precision)
     procs = _Processes(accelerator)
-    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        raise ConfigError(f"train rl runs data-parallel (DDP); {accelerator.distributed_type.value} is not supported for RL",
-                          "launch with a DDP accelerate config (or torchrun); for a model too large for one GPU's copy use lora: "
-                          "and gradient_checkpointing: true, whose reference is the adapter disabled")
+    sharded = check_sharding(accelerator, cfg)
     if cfg.prompts_per_step % procs.world or (cfg.generation_batch_size and (cfg.prompts_per_step // cfg.generation_batch_size) % procs.world):
         raise ConfigError(f"prompts_per_step {cfg.prompts_per_step} cannot be shared equally by {procs.world} processes"
                           + (f" in calls of generation_batch_size {cfg.generation_batch_size}" if cfg.generation_batch_size else ""),
                           f"make prompts_per_step a multiple of {procs.world} x generation_batch_size")
     say = log if procs.is_main else (lambda *a, **k: None)
+    if sharded:
+        say(f"FSDP: the policy is sharded over {procs.world} processes and gathered whole for sampling; the reference is a whole "
+            f"frozen copy on every process{' (on the CPU: ref_offload)' if cfg.ref_offload else ''}")
     rewards = build_rewards(cfg, reward, placement)
     if gold is None and cfg.gold:
         gold = load_reward_source(cfg.gold)
@@ -356,7 +452,7 @@ def train_rl(
     if cfg.lora is not None:
         model = add_lora(model, cfg)
     # The reference policy: with LoRA the adapter disabled (no second copy of the weights), else a frozen copy.
-    frozen_copy = None if cfg.lora is not None else copy.deepcopy(model).eval().requires_grad_(False)
+    frozen_copy = None if cfg.lora is not None else frozen_reference(model, offload=cfg.ref_offload)
 
     @contextlib.contextmanager
     def reference() -> Iterator[torch.nn.Module]:
@@ -373,9 +469,11 @@ def train_rl(
     if procs.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text(out_dir / rf.CONFIG, json.dumps(asdict(cfg), indent=1, default=str))
+    # The initial policy answers the transform's prompts: with LoRA the adapter disabled, else the policy itself, the
+    # frozen copy's twin until the first update and on the run's device even when the copy is on the CPU (ref_offload).
     with reference() as ref:
-        transform = fit_reward_transform(cfg, RewardTransform(cfg.reward_transform), ref, tokenizer, prompts, rewards, say) \
-            if cfg.reward_transform else None
+        transform = fit_reward_transform(cfg, RewardTransform(cfg.reward_transform), model if frozen_copy is not None else ref,
+                                         tokenizer, prompts, rewards, say) if cfg.reward_transform else None
     pad_id = pad_token_id(tokenizer)
     ppo, dpo = cfg.algorithm == "ppo", cfg.algorithm == "online_dpo"
     value_head = None
@@ -404,8 +502,11 @@ def train_rl(
         found = ckpt.load_latest(out_dir, log=say, model=trainable, optimizer=optimizer)
         if found is not None:
             tensors, trainer_state, state = found
-            ckpt.load_model_tensors(trainable, tensors)
-            optimizer.load_state_dict(trainer_state["optimizer"])
+            if sharded:  # every process reads the whole state and keeps its shards
+                load_full_state(trained, optimizer, tensors, trainer_state["optimizer"])
+            else:
+                ckpt.load_model_tensors(trainable, tensors)
+                optimizer.load_state_dict(trainer_state["optimizer"])
             scheduler.load_state_dict(trainer_state["scheduler"])
             ckpt.set_rng_state(state["rng"], trainer_state["torch_rng"])
             start = state["step"]
@@ -460,30 +561,31 @@ def train_rl(
         share = cfg.prompts_per_step // procs.world
         kept_p, kept_r, kept_rew, kept_parts, cursor, n_groups, n_flat = [], [], [], [], 0, 0, 0
         rounds = 0
-        while len(kept_p) < share and cursor < len(mine) and rounds <= cfg.max_refill_rounds:
-            need = share - len(kept_p)
-            batch_prompts = [prompts[i] for i in mine[cursor : cursor + need]]
-            at = procs.rank * share if rounds == 0 else cfg.prompts_per_step + cursor * procs.world + procs.rank
-            cursor += need
-            for call_prompts, ro in sample(batch_prompts, step, rounds, at):
-                total, parts = rewards.scores([call_prompts[j] for j in ro.prompt_index], ro.texts, step=step + 1)
-                total = total.view(len(call_prompts), n)
-                var = group_variance(total)
-                finished = ro.finished
-                for j, p in enumerate(call_prompts):
-                    n_groups += 1
-                    flat = bool(var[j] <= cfg.variance_threshold)
-                    n_flat += flat
-                    if flat and (cfg.dynamic_sampling or dpo):  # a tied pair states no preference
-                        continue
-                    sl = slice(j * n, (j + 1) * n)
-                    kept_p.append(p)
-                    kept_r.append((ro.prompt_ids[sl], ro.response_ids[sl], ro.texts[sl], finished[sl]))
-                    kept_rew.append(total[j])
-                    kept_parts.append({k: v[sl] for k, v in parts.items()})
-            rounds += 1
-            if not cfg.dynamic_sampling:
-                break
+        with whole_policy(trained):  # sampling forwards run on the gathered policy, however many each process makes
+            while len(kept_p) < share and cursor < len(mine) and rounds <= cfg.max_refill_rounds:
+                need = share - len(kept_p)
+                batch_prompts = [prompts[i] for i in mine[cursor : cursor + need]]
+                at = procs.rank * share if rounds == 0 else cfg.prompts_per_step + cursor * procs.world + procs.rank
+                cursor += need
+                for call_prompts, ro in sample(batch_prompts, step, rounds, at):
+                    total, parts = rewards.scores([call_prompts[j] for j in ro.prompt_index], ro.texts, step=step + 1)
+                    total = total.view(len(call_prompts), n)
+                    var = group_variance(total)
+                    finished = ro.finished
+                    for j, p in enumerate(call_prompts):
+                        n_groups += 1
+                        flat = bool(var[j] <= cfg.variance_threshold)
+                        n_flat += flat
+                        if flat and (cfg.dynamic_sampling or dpo):  # a tied pair states no preference
+                            continue
+                        sl = slice(j * n, (j + 1) * n)
+                        kept_p.append(p)
+                        kept_r.append((ro.prompt_ids[sl], ro.response_ids[sl], ro.texts[sl], finished[sl]))
+                        kept_rew.append(total[j])
+                        kept_parts.append({k: v[sl] for k, v in parts.items()})
+                rounds += 1
+                if not cfg.dynamic_sampling:
+                    break
         # Every process trains on as many groups as the one that kept fewest (equal shares keep DDP's steps in lockstep).
         keep = int(procs.reduce(len(kept_p), "min"))
         kept_p, kept_r, kept_rew, kept_parts = kept_p[:keep], kept_r[:keep], kept_rew[:keep], kept_parts[:keep]
@@ -513,7 +615,7 @@ def train_rl(
             with torch.no_grad(), accelerator.autocast():
                 with reference() as ref:
                     ref_out = score_batch(ref, p_ids, r_ids, pad_id=pad_id, return_token_logps=True, padding_free=cfg.padding_free)
-            ref_tok = _pad_to(ref_out.token_logps, width)
+            ref_tok = _pad_to(ref_out.token_logps, width).to(device)  # from the CPU with ref_offload
             mask = _pad_to([torch.ones(len(r), device=device) for r in r_ids], width).bool()
             loss_mask = mask & ~truncated.unsqueeze(-1) if cfg.mask_truncated_completions else mask
             trained.train()
@@ -640,8 +742,9 @@ def train_rl(
                     logger.append_jsonl(rf.COMPLETIONS, {"step": step + 1, **entry})
         done = step + 1
         if eval_prompts and (done == cfg.steps or (cfg.eval_steps and done % cfg.eval_steps == 0)):
-            if procs.is_main:  # the held-out prompts are sampled once, by the main process, with the evaluation's own seed
-                row.update(evaluate_policy(model, tokenizer, eval_prompts, rewards, gold, cfg, done, engine))
+            with whole_policy(trained):
+                if procs.is_main:  # the held-out prompts are sampled once, by the main process, with the evaluation's own seed
+                    row.update(evaluate_policy(model, tokenizer, eval_prompts, rewards, gold, cfg, done, engine))
             accelerator.wait_for_everyone()
         logger.log(row)
         if "reward/proxy_mean" in row:
@@ -658,8 +761,10 @@ def train_rl(
                 logger.pitfall(step + 1, pitfall)
         if cfg.save_steps and done % cfg.save_steps == 0 or done == cfg.steps:
             accelerator.wait_for_everyone()
+            gathered = full_state(trained, optimizer) if sharded else {}
             if procs.is_main:
-                ckpt.save_checkpoint(out_dir, done, trainable, optimizer, scheduler, {"step": done, "kl_coef": kl_ctl.value}, cfg.keep_last)
+                ckpt.save_checkpoint(out_dir, done, trainable, optimizer, scheduler, {"step": done, "kl_coef": kl_ctl.value}, cfg.keep_last,
+                                     **gathered)
         bar.update(1)
         if "reward/proxy_mean" in row:
             bar.set_postfix(reward=f"{row['reward/proxy_mean']:.3f}", kl=f"{row['kl']:.3f}")
@@ -667,13 +772,15 @@ def train_rl(
     if engine is not None:
         engine.close()
     accelerator.wait_for_everyone()
+    policy_state = {k.removeprefix("policy."): v for k, v in full_state(trained)["tensors"].items() if k.startswith("policy.")} \
+        if sharded else None
     if procs.is_main:
         overoptimization_summary(out_dir, logger)
         if cfg.lora is not None:
             # The adapter alone (for peft users) and the merged model (what every alignscope command loads).
             model.save_pretrained(out_dir / "final" / "adapter")
             model = model.merge_and_unload()
-        model.save_pretrained(out_dir / "final")
+        model.save_pretrained(out_dir / "final", state_dict=policy_state)
         tokenizer.save_pretrained(out_dir / "final")
     logger.close()
     say(f"done: {cfg.steps} RL steps in {time.time() - t0:.1f}s; metrics in {out_dir / rf.METRICS}")
