@@ -158,8 +158,10 @@ def table(result: dict) -> str:
 
 
 def run(out: str | Path, seed: int = 0, quick: bool = False, datasets: list[str] | None = None, resume: bool = False,
-        scores: list[str] | None = None, log=print) -> dict:
+        scores: list[str] | None = None, lr: float | None = None, log=print) -> dict:
     s = dict(QUICK if quick else FULL)
+    if lr is not None:
+        s["lr"] = lr
     if datasets:
         s["datasets"] = tuple(datasets)
     if scores:
@@ -181,6 +183,7 @@ if __name__ == "__main__":
     def options(ap) -> None:
         ap.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), help="which datasets (default: both)")
         ap.add_argument("--scores", nargs="+", choices=SCORES, help="which scores cut the pool into bins (default: all three)")
+        ap.add_argument("--lr", type=float, help="DPO learning rate (default 2e-6; more training in the same steps when raised)")
 
     a = parse_args(__doc__, "real1", options)
-    run(a.out, a.seed, a.quick, a.datasets, a.resume, a.scores)
+    run(a.out, a.seed, a.quick, a.datasets, a.resume, a.scores, a.lr)

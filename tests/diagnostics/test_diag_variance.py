@@ -90,6 +90,7 @@ def test_teacher_flat_on_most_prompts_is_called_slow_even_with_a_large_mean_vari
     scaled = gold * np.where(np.arange(10) < 9, 1e-3, 1.0)[:, None]
     (row,) = teacher_table({"scaled": (scaled, 1.0)}, gold=gold)
     assert row.mean_variance > 0.5 and row.low_variance_fraction == 0.9
+    assert row.raw_variance == pytest.approx(np.mean([np.var(r, ddof=1) for r in scaled]))
     assert row.reason == f"accurate (1.00) but low reward variance on 90% of prompts (mean {row.mean_variance:.2f}): slow teacher under this policy"
 
 
@@ -107,7 +108,7 @@ def test_teacher_table_prefers_variance_over_accuracy_alone():
     assert flat_row.reason.startswith("accurate (1.00) but low reward variance (0.00): slow teacher")
     assert "high reward variance" in rows[0].reason
     assert rows[0].score > flat_row.score
-    assert set(rows[0].to_dict()) == {"name", "mean_variance", "low_variance_fraction", "offpolicy_accuracy",
+    assert set(rows[0].to_dict()) == {"name", "mean_variance", "low_variance_fraction", "raw_variance", "offpolicy_accuracy",
                                       "onpolicy_accuracy", "score", "reason"}
 
 
@@ -117,3 +118,12 @@ def test_teacher_table_without_gold_uses_offpolicy_or_variance():
     assert [x.name for x in rows] == ["a", "b"]  # accuracy 0.5 is a coin flip: direction 0
     assert rows[0].onpolicy_accuracy is None and "ranked by variance alone" in rows[0].reason
     assert rows[1].score == 0.0
+
+
+def test_raw_variance_tells_a_reward_scaled_on_every_prompt_from_gold():
+    # Standardisation undoes a uniform scale, so only the raw variance shows the scaled reward's flat objective
+    # (real model 3 in docs/results.md: gold x 0.001 on every prompt did not train the policy at all).
+    gold = np.random.default_rng(5).normal(size=(6, 4))
+    rows = {r.name: r for r in teacher_table({"gold": (gold, 1.0), "scaled": (gold * 1e-3, 1.0)}, gold=gold)}
+    assert rows["scaled"].mean_variance == pytest.approx(rows["gold"].mean_variance)
+    assert rows["scaled"].raw_variance == pytest.approx(rows["gold"].raw_variance * 1e-6)

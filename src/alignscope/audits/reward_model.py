@@ -135,9 +135,9 @@ def format_table(result: dict[str, Any]) -> str:
     n_gold = result.get("gold_decisive_pairs")
     gold_note = f"; on-policy accuracy rests on {n_gold} sample pairs the gold reward does not tie" if n_gold is not None else ""
     lines = [f"teacher table ({result['prompts']} prompts x {result['samples_per_prompt']} samples; best teacher first{gold_note})",
-             f"{'rank':<5}{'reward model':<28}{'variance':>9}{'low-var':>9}{'off-acc':>9}{'on-acc':>9}  why"]
+             f"{'rank':<5}{'reward model':<28}{'variance':>9}{'low-var':>9}{'raw var':>10}{'off-acc':>9}{'on-acc':>9}  why"]
     for i, row in enumerate(result["teacher_table"], 1):
-        lines.append(f"{i:<5}{row['name'][:27]:<28}{f(row['mean_variance']):>9}{f(row['low_variance_fraction']):>9}"
+        lines.append(f"{i:<5}{row['name'][:27]:<28}{f(row['mean_variance']):>9}{f(row['low_variance_fraction']):>9}{row.get('raw_variance', float('nan')):>10.3g}"
                      f"{f(row['offpolicy_accuracy']):>9}{f(row['onpolicy_accuracy']):>9}  {row['reason']}")
     for row in result["teacher_table"]:
         for kind in ("offpolicy", "onpolicy"):

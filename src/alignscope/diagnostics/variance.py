@@ -59,6 +59,7 @@ class TeacherRow:
     name: str
     mean_variance: float
     low_variance_fraction: float
+    raw_variance: float
     offpolicy_accuracy: float | None
     onpolicy_accuracy: float | None
     score: float
@@ -120,6 +121,9 @@ def teacher_table(
             name=name,
             mean_variance=mean_var,
             low_variance_fraction=low_frac,
+            # The theorem's variance is the raw one: a reward scaled down on every prompt keeps its standardised
+            # variance (standardisation undoes the scale) but teaches no faster than its raw variance allows.
+            raw_variance=float(per_prompt_variance(rewards).mean()),
             offpolicy_accuracy=None if offpolicy is None else float(offpolicy),
             onpolicy_accuracy=onpolicy,
             score=float(score),
