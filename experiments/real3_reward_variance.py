@@ -25,8 +25,8 @@ Teachers, as in Experiment 2 (`world.gold.ScaledGold` and `NoisyGold` wrap any g
     reward's on-policy per-prompt sd is about 0.35): less accurate, more variance.
 Before training, `audits.reward_model.audit_reward_models` on the initial policy (32 training prompts
 x 8 samples) gives each teacher's on-policy accuracy (against gold, over sample pairs gold does not tie)
-and standardised variance; the raw per-prompt variance (`diagnostics.variance.per_prompt_variance`) is
-taken from the same samples. Then each teacher trains a copy of SmolLM2 with `training.rl.train_rl`
+and standardised and raw per-prompt variance (the teacher table's `raw_variance`), all on the same
+samples. Then each teacher trains a copy of SmolLM2 with `training.rl.train_rl`
 (RLOO on the teacher's raw reward); the library's held-out evaluation (`eval_prompts`, 8 samples on each
 of the 48 held-out prompts) gives the proxy and gold reward halfway and at the end, and the gains are
 measured against the initial policy's 8 samples per held-out prompt.
@@ -62,7 +62,6 @@ import numpy as np
 from alignscope import run_files as rf
 from alignscope.audits.reward_model import audit_reward_models, format_table
 from alignscope.data.records import Prompt
-from alignscope.diagnostics.variance import per_prompt_variance
 from alignscope.lab.experiment import Memo, finish, fresh_dir, parse_args, pyplot, save_figure
 from alignscope.models.loading import load_model_and_tokenizer
 from alignscope.rewards.sources import call_reward
@@ -139,11 +138,11 @@ def scaled_share(prompts: Sequence[Prompt], fraction: float) -> float:
 
 
 def audit(rms: dict[str, Callable], model, tok, prompts: list, gold: ArithmeticGold, s: dict, seed: int, log) -> dict:
-    """The library's teacher audit on the initial policy, plus each teacher's raw per-prompt variance on the same samples."""
+    """The library's teacher audit on the initial policy (its table carries each teacher's raw per-prompt variance)."""
     a = audit_reward_models(rms, model, tok, prompts, n=s["audit_samples"], gold=gold, max_new_tokens=s["max_new_tokens"], seed=seed)
     log(format_table(a))
     p, n = len(prompts), s["audit_samples"]
-    raw = {name: float(per_prompt_variance(np.array([x["rewards"][name] for x in a["samples"]]).reshape(p, n)).mean()) for name in rms}
+    raw = {row["name"]: row["raw_variance"] for row in a["teacher_table"]}
     gold_r = np.array([x["gold"] for x in a["samples"]]).reshape(p, n)
     return {"teacher_table": a["teacher_table"], "raw_variance": raw, "gold_mean": a["gold_mean"],
             "gold_decisive_pairs": a["gold_decisive_pairs"], "gold_exact_fraction": float(np.mean(gold_r == 1.0)),
