@@ -783,5 +783,9 @@ def train_rl(
         model.save_pretrained(out_dir / "final", state_dict=policy_state)
         tokenizer.save_pretrained(out_dir / "final")
     logger.close()
+    # accelerate's documented end: the process group is torn down by every process together, not by interpreter exit
+    # (a rank leaving its gloo threads to exit-time destructors aborted with 'terminate called' in 1 of ~4 resumed runs).
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
     say(f"done: {cfg.steps} RL steps in {time.time() - t0:.1f}s; metrics in {out_dir / rf.METRICS}")
     return out_dir
