@@ -15,10 +15,10 @@ from torch import nn
 
 from alignscope.errors import ModelError
 from alignscope.losses.reward import ENSEMBLE_AGGREGATIONS, aggregate_ensemble
-from alignscope.models.scoring import Layout, body_and_head, run_body
+from alignscope.models.scoring import AroundLM, Layout, body_and_head, run_body
 
 
-class RewardModel(nn.Module):
+class RewardModel(AroundLM):
     def __init__(self, lm: nn.Module, num_heads: int = 1, aggregate: str = "mean", k_std: float = 1.0):
         super().__init__()
         self.lm = lm
@@ -61,10 +61,13 @@ class RewardModel(nn.Module):
         heads = self.head(h.to(self.head.weight.dtype))
         return heads if per_head else self.aggregate_heads(heads)
 
-    def save_pretrained(self, path: str | Path) -> None:
+    def save_pretrained(self, path: str | Path, tensors: dict[str, torch.Tensor] | None = None) -> None:
+        """The LM (a transformers folder) beside the head; `tensors`: this module's whole state where it holds shards (FSDP)."""
         path = Path(path)
-        self.lm.save_pretrained(path)
-        save_file({"weight": self.head.weight.detach().contiguous(), "bias": self.head.bias.detach().contiguous()}, str(path / "reward_head.safetensors"))
+        tensors = tensors if tensors is not None else {"head.weight": self.head.weight, "head.bias": self.head.bias}
+        lm_state = {k.removeprefix("lm."): v for k, v in tensors.items() if k.startswith("lm.")}
+        self.lm.save_pretrained(path, state_dict=lm_state or None)
+        save_file({name: tensors[f"head.{name}"].detach().contiguous() for name in ("weight", "bias")}, str(path / "reward_head.safetensors"))
         (path / "alignscope_reward.json").write_text(
             json.dumps({"num_heads": self.head.out_features, "aggregate": self.aggregate, "k_std": self.k_std})
         )

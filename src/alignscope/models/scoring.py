@@ -308,7 +308,19 @@ def build_layout(
     )
 
 
-class Scorer(nn.Module):
+class AroundLM(nn.Module):
+    """A module built around a causal LM (`self.lm`). FSDP's TRANSFORMER_BASED_WRAP reads the block classes to shard
+    one by one (`_no_split_modules`) off the module accelerate prepares: without the LM's, the whole model would be
+    one unit, gathered whole for every forward."""
+
+    lm: nn.Module
+
+    @property
+    def _no_split_modules(self) -> list[str] | None:
+        return getattr(self.lm, "_no_split_modules", None)
+
+
+class Scorer(AroundLM):
     """Makes scoring the forward of a module, so DDP/FSDP wrappers see it and sync gradients.
 
     Train a `Scorer(lm)` (wrapped by accelerate) and pass it to `score_batch`; a bare causal LM
@@ -436,6 +448,21 @@ def score_batch(
     return out
 
 
+def scoring_batches(prompt_ids: list[list[int]], response_ids: list[list[int]], batch_size: int) -> list[list[int]]:
+    """`score_sequences`' batches (indices into the sequences): a prompt's consecutive sequences stay together and
+    groups are taken shortest first, so each batch holds sequences of similar length."""
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for g in sorted(prompt_groups(prompt_ids), key=lambda g: group_length(prompt_ids, response_ids, g)):
+        if cur and len(cur) + len(g) > batch_size:
+            batches.append(cur)
+            cur = []
+        cur.extend(g)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
 @torch.no_grad()
 def score_sequences(
     model: nn.Module,
@@ -449,23 +476,17 @@ def score_sequences(
     progress: str | None = None,
     share_prompts: bool = True,
     padding_free: bool = True,
+    forwards: int = 0,
 ) -> ScoreOutput:
     """No-grad scoring of many sequences, bucketed by length so padding stays small; results in input order.
 
     Consecutive sequences with the same prompt stay together (and share its forward, see `score_batch`);
-    `batch_size` counts sequences.
+    `batch_size` counts sequences. `forwards`: make at least this many forwards, the extra ones on a one-token
+    stand-in whose score is dropped: under FSDP each forward of a sharded model is a collective, so processes
+    scoring shares of different sizes must make the same number (`scoring_batches` counts a share's).
     """
     n = len(prompt_ids)
-    units = prompt_groups(prompt_ids)
-    batches: list[list[int]] = []
-    cur: list[int] = []
-    for g in sorted(units, key=lambda g: group_length(prompt_ids, response_ids, g)):
-        if cur and len(cur) + len(g) > batch_size:
-            batches.append(cur)
-            cur = []
-        cur.extend(g)
-    if cur:
-        batches.append(cur)
+    batches = scoring_batches(prompt_ids, response_ids, batch_size)
     was_training = model.training
     model.eval()
     logps = torch.zeros(n)
@@ -494,6 +515,8 @@ def score_sequences(
             if return_token_logps:
                 for j, i in enumerate(b):
                     token_logps[i] = out.token_logps[j].float().cpu()
+        for _ in range(forwards - len(batches)):
+            score_batch(model, [[pad_id]], [[pad_id]], pad_id=pad_id, share_prompts=share_prompts, padding_free=padding_free)
     finally:
         model.train(was_training)
     return ScoreOutput(

@@ -15,7 +15,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from alignscope.models.scoring import (
     largest_id,
     pad_token_id,
     score_sequences,
+    scoring_batches,
 )
 from alignscope.training import checkpoint as ckpt
 from alignscope.training.config import TrainConfig
@@ -44,6 +45,7 @@ from alignscope.training.methods.base import Seq
 from alignscope.training.metrics import MetricsLogger
 from alignscope.training.monitor import evaluate, log_eval_point
 from alignscope.training.run_dir import owns_output_dir
+from alignscope.training.sharding import full_state, load_full_state, sharded_forwards, shards_model, whole_tensor
 
 
 def seed_everything(seed: int) -> None:
@@ -85,31 +87,35 @@ def _fingerprint(model: torch.nn.Module, seqs: list[tuple[list[int], list[int]]]
     with torch.no_grad():
         for name, p in list(model.named_parameters())[:: max(1, len(list(model.parameters())) // 8)]:
             h.update(name.encode())
-            h.update(np.float64(p.double().sum().item()).tobytes())
+            h.update(np.float64(whole_tensor(p).double().sum().item()).tobytes())
     for p, r in seqs:
         h.update(np.asarray(p + [-1] + r + [-2], dtype=np.int64).tobytes())
     return h.hexdigest()[:24]
 
 
 def compute_reference_logps(cfg: TrainConfig, ref_model, per_item: list[list[Seq]], pad_id: int, cache_dir: Path,
-                            log, accelerator=None) -> dict[int, list[float]]:
+                            log, accelerator=None, lockstep: bool = False) -> dict[int, list[float]]:
     """Reference log-probs of each item's sequences (item index -> one per sequence), computed once and cached on disk.
 
     With several processes (`accelerator`), each scores a contiguous share of the items (a prompt's sequences
-    stay together) and the main process joins the shares into the cache, so the pass is split, not repeated."""
+    stay together) and the main process joins the shares into the cache, so the pass is split, not repeated.
+    `lockstep` (the reference is the policy sharded by FSDP): every process makes as many forwards as the largest
+    share needs, since each forward gathers the weights with the others."""
     seqs = [s for item_seqs in per_item for s in item_seqs]
     key = _fingerprint(ref_model, seqs, f"{cfg.model}|{cfg.ref_model}|{cfg.max_length}|{cfg.max_prompt_length}")
     path = cache_dir / f"ref_logps-{key}.safetensors"
     flat = ckpt.load_logps_cache(path, len(seqs), log)  # every process looks before any writes it: they agree
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
 
-    def score(lo: int, hi: int) -> torch.Tensor:
-        if lo == hi:
+    batch_size = max(cfg.batch_size, 8)
+
+    def score(lo: int, hi: int, forwards: int = 0) -> torch.Tensor:
+        if lo == hi and not forwards:
             return torch.zeros(0)
         return score_sequences(
-            ref_model, [p for p, _ in seqs[lo:hi]], [r for _, r in seqs[lo:hi]], pad_id=pad_id, batch_size=max(cfg.batch_size, 8),
+            ref_model, [p for p, _ in seqs[lo:hi]], [r for _, r in seqs[lo:hi]], pad_id=pad_id, batch_size=batch_size,
             progress="reference log-probs" if cfg.progress and rank == 0 else None, share_prompts=cfg.share_prompts,
-            padding_free=cfg.padding_free,
+            padding_free=cfg.padding_free, forwards=forwards,
         ).logps.float().cpu()
 
     if flat is not None:
@@ -123,9 +129,13 @@ def compute_reference_logps(cfg: TrainConfig, ref_model, per_item: list[list[Seq
         for item_seqs in per_item:
             starts.append(starts[-1] + len(item_seqs))
         cut = [starts[round(k * len(per_item) / world)] for k in range(world + 1)]
+        forwards = 0
+        if lockstep:
+            forwards = max(len(scoring_batches([p for p, _ in seqs[lo:hi]], [r for _, r in seqs[lo:hi]], batch_size))
+                           for lo, hi in zip(cut, cut[1:]))
         part_path = path.with_name(f"{path.stem}.part{rank}.safetensors")
         with atomic_path(part_path) as tmp:
-            save_file({"logps": score(cut[rank], cut[rank + 1]).contiguous()}, str(tmp))
+            save_file({"logps": score(cut[rank], cut[rank + 1], forwards).contiguous()}, str(tmp))
         accelerator.wait_for_everyone()
         if rank == 0:
             parts = [path.with_name(f"{path.stem}.part{k}.safetensors") for k in range(world)]
@@ -191,6 +201,10 @@ def train(
     placement = cfg.placement()  # a GPU asked for but absent fails here, before anything is read or written
     use_device(placement)
     accelerator = Accelerator(cpu=placement.device.type == "cpu", mixed_precision=cfg.mixed_precision)
+    sharded = shards_model(accelerator, f"train {cfg.method}", log=log if accelerator.is_main_process else lambda *a: None)
+    if sharded and cfg.lora is not None:
+        raise ConfigError(f"train {cfg.method} under FSDP trains all weights: lora with a sharded model is not supported",
+                          "drop lora, or launch with a DDP config (LoRA's trained weights are small: DDP holds them whole)")
     is_main = accelerator.is_main_process
     say = log if is_main else (lambda *a, **k: None)
     out_dir = Path(cfg.output_dir)
@@ -211,9 +225,10 @@ def train(
 
     # --- model and the method's items
     method = method_for(cfg)
-    if model is None:
-        model, tokenizer = build_policy(cfg, _texts(examples), placement)
-    model.to(accelerator.device)  # the reference pass below runs before accelerate's prepare, on the run's device
+    if model is None:  # under FSDP on the CPU: accelerate's prepare moves it to the device shard by shard
+        model, tokenizer = build_policy(cfg, _texts(examples), replace(placement, device=torch.device("cpu")) if sharded else placement)
+    if not sharded:
+        model.to(accelerator.device)  # the reference pass below runs before accelerate's prepare, on the run's device
     pad_id = pad_token_id(tokenizer)
     items, stats = method.items(examples, tokenizer)
     say(f"tokenized: {stats.summary()}")
@@ -236,6 +251,8 @@ def train(
             raise ConfigError(f"ref_cache_dir '{cache}' " + ("is a file" if blocker == cache else f"lies under '{blocker}', which is a file")
                               + ", not a folder", "give ref_cache_dir a folder (it is created), or leave it unset for OUTPUT_DIR/ref_cache")
     world = accelerator.num_processes
+    if sharded:
+        say(f"FSDP: the model is sharded over {world} processes (weights, gradients and optimizer state)")
     global_batch = cfg.batch_size * cfg.grad_accum * world
     if len(items) < global_batch:
         raise ConfigError(
@@ -245,17 +262,20 @@ def train(
         )
 
     # --- reference log-probs (before any update: the initial policy is the default reference)
-    ref_logps = eval_ref = None
-    if method.needs_reference:
-        ref_model = model
-        if cfg.ref_model:
-            ref_model = load_placed_model(cfg.ref_model, placement, trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)
+    def reference_pass(ref_model, lockstep: bool) -> tuple[dict | None, dict | None]:
         cache = Path(cfg.ref_cache_dir or out_dir / "ref_cache")
-        ref_logps = compute_reference_logps(cfg, ref_model, method.reference_sequences(items), pad_id, cache, say, accelerator)
-        if eval_items:  # the monitor's implicit reward: chosen and rejected of each held-out pair
-            pairs = [[(it.prompt_ids, r) for r in it.responses[:2]] for it in eval_items]
-            eval_ref = compute_reference_logps(cfg, ref_model, pairs, pad_id, cache, say, accelerator)
-        del ref_model
+        train_ref = compute_reference_logps(cfg, ref_model, method.reference_sequences(items), pad_id, cache, say, accelerator, lockstep)
+        if not eval_items:
+            return train_ref, None
+        pairs = [[(it.prompt_ids, r) for r in it.responses[:2]] for it in eval_items]  # the monitor's implicit reward
+        return train_ref, compute_reference_logps(cfg, ref_model, pairs, pad_id, cache, say, accelerator, lockstep)
+
+    ref_logps = eval_ref = None
+    if method.needs_reference and cfg.ref_model:
+        ref_logps, eval_ref = reference_pass(load_placed_model(cfg.ref_model, placement, trust_remote_code=cfg.trust_remote_code,
+                                                               seed=cfg.seed), lockstep=False)
+    elif method.needs_reference and not sharded:
+        ref_logps, eval_ref = reference_pass(model, lockstep=False)
 
     trained = method.wrap(model)
 
@@ -270,6 +290,9 @@ def train(
 
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps)
     trained, optimizer = accelerator.prepare(trained, optimizer)
+    if method.needs_reference and ref_logps is None:  # FSDP: the policy is scored sharded, after prepare
+        with sharded_forwards(trained):
+            ref_logps, eval_ref = reference_pass(accelerator.unwrap_model(trained).lm, lockstep=True)
     ctx = Context(trained, cfg, pad_id, ref_logps)
 
     # --- resume
@@ -283,29 +306,49 @@ def train(
             say(f"no complete checkpoint in {out_dir}; starting from step 0")
         else:
             tensors, trainer_state, state = found
-            ckpt.load_model_tensors(accelerator.unwrap_model(trained), tensors)
-            optimizer.load_state_dict(trainer_state["optimizer"])
+            if sharded:  # every process reads the whole state and keeps its shards
+                load_full_state(trained, optimizer, tensors, trainer_state["optimizer"])
+            else:
+                ckpt.load_model_tensors(accelerator.unwrap_model(trained), tensors)
+                optimizer.load_state_dict(trainer_state["optimizer"])
             scheduler.load_state_dict(trainer_state["scheduler"])
             ckpt.set_rng_state(state["rng"], trainer_state["torch_rng"])
             start_step, skipped = state["step"], state.get("skipped_batches", 0)
             say(f"resumed from step {start_step} of {total_steps}")
     metrics_log = MetricsLogger(out_dir, enabled=is_main, report_to=cfg.report_to, truncate_after=start_step if resume else 0)
 
+    def evaluation() -> dict[str, Any]:
+        """The monitor's scores now. Under FSDP every process makes the same forwards (each gathers the weights
+        with the others) and only the main one logs; otherwise the main process alone evaluates."""
+        with sharded_forwards(trained):
+            return evaluate(accelerator.unwrap_model(trained).lm, eval_items, eval_ref, pad_id, cfg.beta, max(cfg.batch_size, 8))
+
     eval_start = start_probs = None
     eval_every = cfg.eval_steps
-    if eval_items and is_main:
+    if eval_items and (is_main or sharded):
         start_file, probs_file = out_dir / rf.EVAL_START, out_dir / rf.EVAL_START_PROBS
         if start_step > 0 and start_file.exists():
             eval_start = json.loads(start_file.read_text())
             start_probs = load_file(str(probs_file))["probs"] if probs_file.exists() else None
         else:
-            eval_start = evaluate(accelerator.unwrap_model(trained).lm, eval_items, eval_ref, pad_id, cfg.beta, max(cfg.batch_size, 8))
+            eval_start = evaluation()
             start_probs = eval_start.pop("first_token_probs", None)
-            if start_probs is not None:
+            if start_probs is not None and is_main:
                 with atomic_path(probs_file) as tmp:
                     save_file({"probs": start_probs}, str(tmp))
-            write_text(start_file, json.dumps(eval_start))
-            metrics_log.eval_point(0, eval_start, eval_start)
+            if is_main:
+                write_text(start_file, json.dumps(eval_start))
+                metrics_log.eval_point(0, eval_start, eval_start)
+
+    def save_checkpoint(step_no: int) -> dict:
+        """checkpoint-<step_no>, written by the main process; under FSDP every process first gathers the whole state
+        (returned, so the final save reuses it)."""
+        accelerator.wait_for_everyone()
+        whole = full_state(trained, optimizer) if sharded else {}
+        if is_main:
+            ckpt.save_checkpoint(out_dir, step_no, accelerator.unwrap_model(trained), optimizer, scheduler,
+                                 {"step": step_no, "skipped_batches": skipped}, cfg.keep_last, **whole)
+        return whole
 
     # --- the loop
     shuffle = method.shuffle  # a curriculum keeps its order, so it is never regrouped either
@@ -334,11 +377,8 @@ def train(
                 accelerator.backward(loss / cfg.grad_accum)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / cfg.grad_accum
-        grad_norm = None
-        if cfg.max_grad_norm is not None:
-            grad_norm = float(accelerator.clip_grad_norm_(trained.parameters(), cfg.max_grad_norm))
-        else:
-            grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+        # With no clipping the bound is infinite: the grads are scaled by 1 and the norm is still the whole model's.
+        grad_norm = float(accelerator.clip_grad_norm_(trained.parameters(), math.inf if cfg.max_grad_norm is None else cfg.max_grad_norm))
         finite = math.isfinite(grad_norm) and all(math.isfinite(v) for v in sums.values())
         if not finite:
             if cfg.nan_policy == "stop":
@@ -360,29 +400,29 @@ def train(
             metrics_log.log(row)
             bar.set_postfix(loss=f"{reduced.get('loss', float('nan')):.4f}")
         if eval_start is not None and ((eval_every and done % eval_every == 0) or done == total_steps):
-            lm = accelerator.unwrap_model(trained).lm
-            now = evaluate(lm, eval_items, eval_ref, pad_id, cfg.beta, max(cfg.batch_size, 8))
-            log_eval_point(metrics_log, done, now, eval_start, start_probs, tokenizer)
+            now = evaluation()
+            if is_main:
+                log_eval_point(metrics_log, done, now, eval_start, start_probs, tokenizer)
             trained.train()
         if cfg.save_steps and done % cfg.save_steps == 0 and done < total_steps:
-            accelerator.wait_for_everyone()
-            if is_main:
-                ckpt.save_checkpoint(out_dir, done, accelerator.unwrap_model(trained), optimizer, scheduler, {"step": done, "skipped_batches": skipped}, cfg.keep_last)
+            save_checkpoint(done)
         bar.update(1)
     bar.close()
 
-    accelerator.wait_for_everyone()
+    whole = save_checkpoint(total_steps)
     if is_main:
         final = accelerator.unwrap_model(trained)
-        ckpt.save_checkpoint(out_dir, total_steps, final, optimizer, scheduler, {"step": total_steps, "skipped_batches": skipped}, cfg.keep_last)
         with ckpt.atomic_folder(out_dir / "final", f"checkpoint-{total_steps}") as folder:
             if cfg.lora is not None:
                 # The adapter alone (for peft users) and the merged model (what every alignscope command loads).
                 lm = final.lm
                 lm.save_pretrained(folder / "adapter")
                 final.lm = lm.merge_and_unload()
-            method.save(final, folder)
+            method.save(final, folder, whole.get("tensors"))
             tokenizer.save_pretrained(folder)
         metrics_log.close()
         say(f"done: {total_steps} steps in {time.time() - t0:.1f}s; metrics in {out_dir / 'metrics.jsonl'}, model in {out_dir / 'final'}")
+    # accelerate's documented end: every process tears the process group down together (as train_rl does)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
     return out_dir

@@ -79,9 +79,11 @@ class Method(ABC):
         """A micro-batch of items (with their indices into the training items) -> (loss, metrics)."""
 
     # --- output
-    def save(self, trained: torch.nn.Module, folder: Path) -> None:
-        """The final model, in a form every alignscope command loads: the policy as a causal LM."""
-        trained.lm.save_pretrained(folder)
+    def save(self, trained: torch.nn.Module, folder: Path, tensors: dict[str, torch.Tensor] | None = None) -> None:
+        """The final model, in a form every alignscope command loads: the policy as a causal LM. `tensors`: the
+        trained module's whole state where the module holds shards (FSDP)."""
+        state = None if tensors is None else {k.removeprefix("lm."): v for k, v in tensors.items() if k.startswith("lm.")}
+        trained.lm.save_pretrained(folder, state_dict=state)
 
 
 def encode_items(examples: list, responses_of, tokenizer, cfg: TrainConfig) -> tuple[list[Item], TokenizeStats]:

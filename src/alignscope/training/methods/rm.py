@@ -52,5 +52,5 @@ class RM(Method):
             "rewards/accuracies": pair_wins(r_c, r_r).float().mean(),
         }
 
-    def save(self, trained: torch.nn.Module, folder: Path) -> None:
-        trained.save_pretrained(folder)
+    def save(self, trained: torch.nn.Module, folder: Path, tensors: dict[str, torch.Tensor] | None = None) -> None:
+        trained.save_pretrained(folder, tensors)
