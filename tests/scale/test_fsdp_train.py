@@ -122,12 +122,21 @@ def test_a_sharded_reward_model_saves_its_head(tmp_path, pairs):
     RewardModel.from_pretrained(two / "final")
 
 
-def test_lora_under_fsdp_is_refused_before_anything_is_written(tmp_path, pairs):
-    r = launch("sft", options(pairs, tmp_path / "out", **{"lora.r": 4}), processes=1)
-    assert "exitcode  : 2" in r.stderr, r.stderr[-3000:]  # the process's own exit status, as torchrun reports it
-    assert "lora with a sharded model is not supported" in r.stderr
-    assert "alignscope/training" not in r.stderr  # no traceback of ours (torchrun prints its own for a failed child)
-    assert not (tmp_path / "out").exists()
+def test_sharded_lora_takes_the_steps_one_process_takes(tmp_path, pairs):
+    """The frozen base and the adapter share FSDP units; the final folder holds the adapter and the merged model,
+    merged from the gathered tensors, as a one-process run writes them."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    lora = {"lora.r": 4, "lora.alpha": 8, "save_steps": 100, "max_steps": 2}
+    a = one_process("dpo", options(pairs, one, batch_size=8, **lora))
+    assert a.returncode == 0, a.stderr[-3000:]
+    b = launch("dpo", options(pairs, two, **lora))
+    assert b.returncode == 0, b.stderr[-3000:]
+    for x, y in zip(rows(one), rows(two), strict=True):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-4, abs=1e-5)
+    adapter = "adapter/adapter_model.safetensors"
+    assert_same_tensors(load_file(str(one / "final" / adapter)), load_file(str(two / "final" / adapter)), 3e-5)
+    assert_same_tensors(load_file(str(one / "final" / "model.safetensors")), load_file(str(two / "final" / "model.safetensors")), 3e-5)
+    assert any(v.abs().max() > 1e-3 for k, v in load_file(str(two / "final" / adapter)).items() if "lora_B" in k)
 
 
 def test_fsdp_version_1_is_refused_and_ddp_is_not_sharded():

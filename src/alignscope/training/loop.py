@@ -40,7 +40,7 @@ from alignscope.training.config import TrainConfig
 from alignscope.training.items import Item
 from alignscope.training.methods import Context, method_for
 from alignscope.models.device import Placement, load_placed, load_placed_model, use_device
-from alignscope.training.lora import add_lora
+from alignscope.training.lora import add_lora, merged_state
 from alignscope.training.methods.base import Seq
 from alignscope.training.metrics import MetricsLogger
 from alignscope.training.monitor import evaluate, log_eval_point
@@ -202,9 +202,6 @@ def train(
     use_device(placement)
     accelerator = Accelerator(cpu=placement.device.type == "cpu", mixed_precision=cfg.mixed_precision)
     sharded = shards_model(accelerator, f"train {cfg.method}", log=log if accelerator.is_main_process else lambda *a: None)
-    if sharded and cfg.lora is not None:
-        raise ConfigError(f"train {cfg.method} under FSDP trains all weights: lora with a sharded model is not supported",
-                          "drop lora, or launch with a DDP config (LoRA's trained weights are small: DDP holds them whole)")
     is_main = accelerator.is_main_process
     say = log if is_main else (lambda *a, **k: None)
     out_dir = Path(cfg.output_dir)
@@ -413,12 +410,19 @@ def train(
     if is_main:
         final = accelerator.unwrap_model(trained)
         with ckpt.atomic_folder(out_dir / "final", f"checkpoint-{total_steps}") as folder:
+            tensors = whole.get("tensors")
             if cfg.lora is not None:
                 # The adapter alone (for peft users) and the merged model (what every alignscope command loads).
                 lm = final.lm
-                lm.save_pretrained(folder / "adapter")
-                final.lm = lm.merge_and_unload()
-            method.save(final, folder, whole.get("tensors"))
+                lm_state = None if tensors is None else {k.removeprefix("lm."): v for k, v in tensors.items() if k.startswith("lm.")}
+                lm.save_pretrained(folder / "adapter", state_dict=lm_state)
+                if sharded:  # merged from the gathered tensors; the sharded model lends its config
+                    tensors = {**tensors, **{f"lm.{k}": v for k, v in merged_state(lm, lm_state).items()}}
+                    tensors = {k: v for k, v in tensors.items() if not k.startswith("lm.base_model.")}
+                    final.lm = lm.get_base_model()
+                else:
+                    final.lm = lm.merge_and_unload()
+            method.save(final, folder, tensors)
             tokenizer.save_pretrained(folder)
         metrics_log.close()
         say(f"done: {total_steps} steps in {time.time() - t0:.1f}s; metrics in {out_dir / 'metrics.jsonl'}, model in {out_dir / 'final'}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from alignscope.errors import ConfigError
@@ -28,3 +30,18 @@ def add_lora(model: torch.nn.Module, cfg: TrainConfig | RLConfig) -> torch.nn.Mo
         )
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, target_modules=cfg.lora.target_modules)
     return get_peft_model(model, lora)
+
+
+def merged_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The merged model's tensors (what `merge_and_unload` leaves) of a peft-wrapped policy whose own weights are shards
+    (FSDP), from its whole `state` gathered by `sharding.full_state`: peft merges them in an unsharded twin built on the
+    meta device, so the merge is peft's own and no second copy of the weights exists before the run's end. The base
+    tensors of `state` are merged in place."""
+    from peft import get_peft_model
+
+    base = model.get_base_model()
+    with torch.device("meta"):
+        twin = get_peft_model(type(base)(base.config), copy.deepcopy(model.peft_config[model.active_adapter]))
+    twin.load_state_dict(state, assign=True)
+    twin.tie_weights()  # assigned one by one, tied weights come apart: a model saved with both would differ from a DDP run's
+    return twin.merge_and_unload().state_dict()

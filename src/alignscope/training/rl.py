@@ -52,7 +52,7 @@ from alignscope.rollout.generation import GenerationConfig, generate
 from alignscope.rollout.vllm import VLLMGenerator
 from alignscope.training import checkpoint as ckpt
 from alignscope.training.config import ALGORITHMS, RewardSpec, RLConfig  # noqa: F401 (re-exported: alignscope.training.rl.RLConfig)
-from alignscope.training.lora import add_lora
+from alignscope.training.lora import add_lora, merged_state
 from alignscope.training.metrics import MetricsLogger
 from alignscope.training.run_dir import owns_output_dir
 from alignscope.training.sharding import full_state, load_full_state, shards_model, whole_policy
@@ -283,9 +283,10 @@ def frozen_reference(model: torch.nn.Module, offload: bool = False) -> torch.nn.
     return ref.to("cpu") if offload else ref
 
 
-def check_sharding(accelerator, cfg: RLConfig) -> bool:
+def check_sharding(accelerator, cfg: RLConfig, log: Callable[[str], None] = print) -> bool:
     """Whether the run shards the policy (FSDP v2), after refusing the launches RL cannot take: DeepSpeed, FSDP v1,
-    and, under FSDP, LoRA and the vLLM engine (both read or rewrite the whole weights outside FSDP's gathers)."""
+    and, under FSDP, the vLLM engine (built from and sent the whole weights, which no process holds outside FSDP's
+    gathers)."""
     from accelerate.utils import DistributedType
 
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
@@ -293,12 +294,12 @@ def check_sharding(accelerator, cfg: RLConfig) -> bool:
                           "alignscope gathers it only under FSDP v2 (deepspeed is not among its dependencies, so no DeepSpeed "
                           "path of RL is built or tested)",
                           "launch with an FSDP config (fsdp_version: 2, e.g. examples/accelerate/fsdp_2gpu.yaml) or a DDP one")
-    if not shards_model(accelerator, "train rl"):
+    if not shards_model(accelerator, "train rl", log):
         return False
-    if cfg.lora is not None or cfg.rollout_backend == "vllm":
-        raise ConfigError("train rl under FSDP trains all weights and samples with its own sampler; lora and "
-                          "rollout_backend: vllm are not supported with a sharded policy",
-                          "drop lora and rollout_backend (or launch with a DDP config, where both run)")
+    if cfg.rollout_backend == "vllm":
+        raise ConfigError("train rl under FSDP samples with its own sampler: rollout_backend: vllm is not supported with a "
+                          "sharded policy (the engine is built from and sent the whole weights, which FSDP keeps in shards)",
+                          "drop rollout_backend (or launch with a DDP config, where vllm runs)")
     return True
 
 
@@ -369,15 +370,16 @@ def train_rl(
     use_device(placement)
     accelerator = Accelerator(cpu=placement.device.type == "cpu", mixed_precision=cfg.mixed_precision)
     procs = _Processes(accelerator)
-    sharded = check_sharding(accelerator, cfg)
+    sharded = check_sharding(accelerator, cfg, log=log if procs.is_main else lambda *a: None)
     if cfg.prompts_per_step % procs.world or (cfg.generation_batch_size and (cfg.prompts_per_step // cfg.generation_batch_size) % procs.world):
         raise ConfigError(f"prompts_per_step {cfg.prompts_per_step} cannot be shared equally by {procs.world} processes"
                           + (f" in calls of generation_batch_size {cfg.generation_batch_size}" if cfg.generation_batch_size else ""),
                           f"make prompts_per_step a multiple of {procs.world} x generation_batch_size")
     say = log if procs.is_main else (lambda *a, **k: None)
     if sharded:
-        say(f"FSDP: the policy is sharded over {procs.world} processes and gathered whole for sampling; the reference is a whole "
-            f"frozen copy on every process{' (on the CPU: ref_offload)' if cfg.ref_offload else ''}")
+        say(f"FSDP: the policy is sharded over {procs.world} processes and gathered whole for sampling; the reference is "
+            + ("the policy with its LoRA adapter disabled, gathered whole for its pass" if cfg.lora is not None else
+               f"a whole frozen copy on every process{' (on the CPU: ref_offload)' if cfg.ref_offload else ''}"))
     rewards = build_rewards(cfg, reward, placement)
     if gold is None and cfg.gold:
         gold = load_reward_source(cfg.gold)
@@ -392,14 +394,16 @@ def train_rl(
     frozen_copy = None if cfg.lora is not None else frozen_reference(model, offload=cfg.ref_offload)
 
     @contextlib.contextmanager
-    def reference() -> Iterator[torch.nn.Module]:
+    def reference(root: torch.nn.Module = model) -> Iterator[torch.nn.Module]:
+        """The reference to score with. With LoRA under FSDP, `root` is the sharded policy: it is gathered whole for the
+        block, as for sampling, so each process's reference forwards need no collective."""
         if frozen_copy is not None:
             yield frozen_copy
             return
         was_training = model.training
         model.eval()
         try:
-            with model.disable_adapter():
+            with whole_policy(root), model.disable_adapter():
                 yield model
         finally:
             model.train(was_training)
@@ -550,7 +554,7 @@ def train_rl(
             width = int(procs.reduce(max(len(r) for r in r_ids), "max"))  # one width on every process, so rows gather
             all_idx = list(range(len(p_ids)))
             with torch.no_grad(), accelerator.autocast():
-                with reference() as ref:
+                with reference(trained) as ref:
                     ref_out = score_batch(ref, p_ids, r_ids, pad_id=pad_id, return_token_logps=True, padding_free=cfg.padding_free)
             ref_tok = _pad_to(ref_out.token_logps, width).to(device)  # from the CPU with ref_offload
             mask = _pad_to([torch.ones(len(r), device=device) for r in r_ids], width).bool()
@@ -715,8 +719,11 @@ def train_rl(
         overoptimization_summary(out_dir, logger)
         if cfg.lora is not None:
             # The adapter alone (for peft users) and the merged model (what every alignscope command loads).
-            model.save_pretrained(out_dir / "final" / "adapter")
-            model = model.merge_and_unload()
+            model.save_pretrained(out_dir / "final" / "adapter", state_dict=policy_state)
+            if sharded:  # merged from the gathered tensors; the sharded policy lends its config
+                model, policy_state = model.get_base_model(), merged_state(model, policy_state)
+            else:
+                model = model.merge_and_unload()
         model.save_pretrained(out_dir / "final", state_dict=policy_state)
         tokenizer.save_pretrained(out_dir / "final")
     logger.close()
