@@ -37,9 +37,11 @@ select prompts by reward variance before training with `alignscope select-prompt
 output has TRL's `prompt` column) and train on those; this monitor then shows how the variance of
 the selected prompts holds up as the policy moves (docs/trl.md).
 
-Both monitors record on the main process only. The displacement monitor scores with the model
-unsharded, so it refuses FSDP and DeepSpeed ZeRO-3; under data parallelism the reward monitor sees
-the main process's share of each generation batch.
+Both monitors record on the main process only. Under FSDP (v2) the displacement monitor scores the
+sharded policy and reference on every process, each gathering the weights block by block as in
+training (`training.sharding.sharded_forwards`), with the same forwards on each, and the main process
+writes; it refuses FSDP v1 and DeepSpeed ZeRO-3. Under data parallelism the reward monitor sees the
+main process's share of each generation batch.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ from alignscope.training.methods.dpo import DPO
 from alignscope.training.metrics import MetricsLogger
 from alignscope.training.monitor import evaluate, log_eval_point
 from alignscope.training.rl import overoptimization_summary
+from alignscope.training.sharding import sharded_forwards, shards_model
 
 if TYPE_CHECKING:
     from transformers import Trainer
@@ -120,13 +123,17 @@ def _every(value: int | float | None, max_steps: int) -> int | None:
     return max(1, math.ceil(value * max_steps)) if value < 1 else int(value)
 
 
-def _refuse_sharded(trainer) -> None:
-    """The monitor scores on the main process alone, which a sharded model cannot do."""
+def _shards(trainer) -> bool:
+    """Whether the trainer shards the model (FSDP v2: every process then scores, in step); refuses the
+    partitioned launches the monitor cannot score under (DeepSpeed ZeRO-3, FSDP v1)."""
     plugin = getattr(getattr(trainer.accelerator, "state", None), "deepspeed_plugin", None)
-    if getattr(trainer, "is_fsdp_enabled", False) or getattr(plugin, "zero_stage", 0) == 3:
-        raise ConfigError("DisplacementMonitor scores the policy on the main process, which FSDP and DeepSpeed ZeRO-3 "
-                          "(sharded weights) do not allow",
-                          "train with data parallelism or ZeRO-1/2, or score a saved checkpoint with alignscope afterwards")
+    if getattr(plugin, "zero_stage", 0) == 3:
+        raise ConfigError("DisplacementMonitor cannot score a policy partitioned by DeepSpeed ZeRO-3",
+                          "train with FSDP (fsdp_version: 2), data parallelism or ZeRO-1/2, or score a saved checkpoint "
+                          "with alignscope afterwards")
+    if not getattr(trainer, "is_fsdp_enabled", False):
+        return False
+    return shards_model(trainer.accelerator, "DisplacementMonitor", log=lambda *a: None)
 
 
 class DisplacementMonitor(TrainerCallback):
@@ -190,18 +197,27 @@ class DisplacementMonitor(TrainerCallback):
         """Reference log-probs of each eval pair's chosen and rejected (item index -> [chosen, rejected])."""
         pairs = [[(it.prompt_ids, r) for r in it.responses[:2]] for it in self.items]
         cache = Path(args.output_dir) / "ref_cache"
+
+        def score(model, root) -> dict[int, list[float]]:
+            """Sharded: every process scores its share of the pairs in step with the others (and the main one joins them)."""
+            say = self.say if self.main else (lambda *a: None)
+            with sharded_forwards(root):
+                if self.sharded:
+                    return compute_reference_logps(cfg, model, pairs, self.pad_id, cache, say, self.trainer.accelerator, lockstep=True)
+                return compute_reference_logps(cfg, model, pairs, self.pad_id, cache, say)
+
         ref = getattr(self.trainer, "ref_model", None)
         if ref is not None:
-            return compute_reference_logps(cfg, self.trainer.accelerator.unwrap_model(ref), pairs, self.pad_id, cache, self.say)
+            return score(self.trainer.accelerator.unwrap_model(ref), ref)
         from accelerate.utils import is_peft_model
 
         if is_peft_model(policy):
             with _trl().use_adapter(policy, adapter_name="ref" if "ref" in policy.peft_config else None):
-                return compute_reference_logps(cfg, policy, pairs, self.pad_id, cache, self.say)
+                return score(policy, self.trainer.model)
         if getattr(args, "precompute_ref_log_probs", False):
             if start is not None:  # a resumed run: the policy at train start is no longer the reference
                 return {i: [c, r] for i, (c, r) in enumerate(zip(start["chosen"], start["rejected"]))}
-            return compute_reference_logps(cfg, policy, pairs, self.pad_id, cache, self.say)
+            return score(policy, self.trainer.model)
         return None
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -209,10 +225,10 @@ class DisplacementMonitor(TrainerCallback):
             raise ConfigError("DisplacementMonitor was added without its trainer",
                               "add it with DisplacementMonitor(eval_pairs).attach(trainer): it reads the trainer's reference "
                               "model and reports to the trainer's loggers")
-        self.active = state.is_world_process_zero
+        self.main, self.sharded = state.is_world_process_zero, _shards(self.trainer)
+        self.active = self.main or self.sharded  # a sharded model is scored by every process together
         if not self.active:
             return
-        _refuse_sharded(self.trainer)
         policy = self._policy()
         processor = self.trainer.processing_class
         self.tokenizer = getattr(processor, "tokenizer", processor)
@@ -223,7 +239,7 @@ class DisplacementMonitor(TrainerCallback):
         self.every = self.eval_steps or _every(getattr(state, "eval_steps", None), state.max_steps) \
             or _every(state.logging_steps, state.max_steps) or 1
         out_dir = Path(args.output_dir)
-        self.metrics = MetricsLogger(out_dir, truncate_after=state.global_step, log=self.say)
+        self.metrics = MetricsLogger(out_dir, enabled=self.main, truncate_after=state.global_step, log=self.say)
         start_file, probs_file = out_dir / rf.EVAL_START, out_dir / rf.EVAL_START_PROBS
         if state.global_step > 0 and start_file.exists():
             self.start = json.loads(start_file.read_text())
@@ -231,24 +247,31 @@ class DisplacementMonitor(TrainerCallback):
             self.ref = self._reference(args, policy, self.cfg, self.start)
         else:
             self.ref = self._reference(args, policy, self.cfg, None)
-            self.start = evaluate(policy, self.items, self.ref, self.pad_id, self.cfg.beta, self.batch_size)
+            self.start = self._evaluate()
             self.start_probs = self.start.pop("first_token_probs", None)
-            if self.start_probs is not None:
-                save_file({"probs": self.start_probs}, str(probs_file))
-            write_text(start_file, json.dumps(self.start))
-            self.metrics.eval_point(state.global_step, self.start, self.start)
+            if self.main:
+                if self.start_probs is not None:
+                    save_file({"probs": self.start_probs}, str(probs_file))
+                write_text(start_file, json.dumps(self.start))
+                self.metrics.eval_point(state.global_step, self.start, self.start)
         self.last = state.global_step
+
+    def _evaluate(self) -> dict[str, Any]:
+        with sharded_forwards(self.trainer.model):
+            return evaluate(self._policy(), self.items, self.ref, self.pad_id, self.cfg.beta, self.batch_size)
 
     def on_step_end(self, args, state, control, **kwargs):
         done = state.global_step
         if not self.active or done == self.last or (done % self.every and done != state.max_steps):
             return
-        now = evaluate(self._policy(), self.items, self.ref, self.pad_id, self.cfg.beta, self.batch_size)
+        now = self._evaluate()
+        self.last = done
+        control.should_log = True  # this step's row then carries the eval point
+        if not self.main:
+            return
         row = log_eval_point(self.metrics, done, now, self.start, self.start_probs, self.tokenizer)
         self.pending = {PREFIX + k: v for k, v in row.items()
                         if k not in _NOT_LOGGED and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self.last = done
-        control.should_log = True  # this step's row then carries the eval point
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not self.pending or logs is None:
