@@ -34,12 +34,14 @@ def distributed() -> tuple[int, int, Callable[[], None]]:
 def run_in_chunks(
     n_items: int, chunk_size: int, chunk_dir: Path, settings: dict[str, Any], compute: Callable[[int, int, int], Any], *,
     resume: bool = False, rank: int = 0, world: int = 1, barrier: Callable[[], None] = lambda: None,
-    log: Callable[[str], Any] = print,
+    log: Callable[[str], Any] = print, together: bool = False,
 ) -> list[Any] | None:
     """`compute(k, start, stop)` for each chunk of `chunk_size` items (JSON-able results), saved in `chunk_dir`.
 
     `settings` are what the results depend on: `resume` refuses a chunk folder saved under others,
-    naming them. A failure before any chunk is saved leaves no folder behind.
+    naming them. A failure before any chunk is saved leaves no folder behind. `together`: every process
+    computes every chunk with the others (a sharded model) and the one whose `compute` returns the result
+    (the main one) saves it.
     """
     n_chunks = math.ceil(n_items / chunk_size)
     meta_path = chunk_dir / "settings.json"
@@ -63,10 +65,12 @@ def run_in_chunks(
             write_text(meta_path, json.dumps(meta, indent=1))
     barrier()
     try:
-        for k in range(rank, n_chunks, world):
+        for k in range(n_chunks) if together else range(rank, n_chunks, world):
             path = chunk_dir / f"chunk-{k:05d}.json"
             if not path.exists():
-                write_text(path, json.dumps(compute(k, k * chunk_size, min(n_items, (k + 1) * chunk_size))))
+                result = compute(k, k * chunk_size, min(n_items, (k + 1) * chunk_size))
+                if result is not None:
+                    write_text(path, json.dumps(result))
     except Exception:
         if rank == 0 and not any(chunk_dir.glob("chunk-*.json")):
             shutil.rmtree(made[-1] if made else chunk_dir, ignore_errors=True)
@@ -75,6 +79,19 @@ def run_in_chunks(
     if rank != 0:
         return None
     return [json.loads((chunk_dir / f"chunk-{k:05d}.json").read_text()) for k in range(n_chunks)]
+
+
+def sharding_launch(placement, command: str, log: Callable[[str], Any] = print):
+    """Under an FSDP launch of several processes (`accelerate launch` with an FSDP config), the Accelerator that
+    shards the audited model over them; else None: each process holds the whole model (data parallelism)."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() not in ("1", "true") or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator
+
+    from alignscope.training.sharding import shards_model
+
+    accelerator = Accelerator(cpu=placement.device.type == "cpu")
+    return accelerator if shards_model(accelerator, command, log) else None
 
 
 def finish(chunk_dir: Path) -> None:

@@ -31,7 +31,8 @@ from alignscope.diagnostics.similarity import (
     normalized_edit_distance,
 )
 from alignscope.errors import DataError, did_you_mean
-from alignscope.models.scoring import ScoreOutput, pad_token_id, score_sequences
+from alignscope.models.scoring import ScoreOutput, pad_token_id, score_sequences, scoring_batches
+from alignscope.training.sharding import sharded_forwards
 
 COLUMNS = [
     "row", "ches", "ln_ches", "edit_distance", "final_inner_product", "prompt_tokens", "chosen_tokens",
@@ -48,21 +49,15 @@ class DataAudit:
 
 def audit_pairs(
     model, tokenizer, pairs: list[PairExample], *, batch_size: int = 16, max_length: int | None = 1024,
-    max_prompt_length: int | None = 512, progress: bool = True,
+    max_prompt_length: int | None = 512, progress: bool = True, forwards: int = 0,
 ) -> DataAudit:
+    """CHES, LN-CHES and the other per-pair scores of `pairs`, from one scoring pass. `forwards`: make at least
+    this many forwards (processes scoring a sharded model in step)."""
     if not pairs:
         raise DataError("no pairs to audit", "check the data file and --limit")
-    stats = TokenizeStats()
-    p_ids, r_ids = [], []
-    for ex in pairs:
-        enc = encode_group(tokenizer, ex.prompt, [ex.chosen, ex.rejected], max_length=max_length, max_prompt_length=max_prompt_length)
-        prompt = enc[0].prompt_ids or [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
-        for e in enc:
-            stats.add(e)
-            p_ids.append(prompt)
-            r_ids.append(e.response_ids)
+    p_ids, r_ids, stats = encode_pairs(tokenizer, pairs, max_length=max_length, max_prompt_length=max_prompt_length)
     out = score_with_token_progress(model, p_ids, r_ids, pad_id=pad_token_id(tokenizer), batch_size=batch_size,
-                                    desc="scoring responses" if progress else None)
+                                    desc="scoring responses" if progress else None, forwards=forwards)
     S = out.hidden_sum.double().view(len(pairs), 2, -1)
     n = out.n_tokens.view(len(pairs), 2)
     lp = out.logps.view(len(pairs), 2)
@@ -88,24 +83,68 @@ def audit_pairs(
     return DataAudit(rows, dataset_findings(pairs, rows), stats)
 
 
+def encode_pairs(tokenizer, pairs: list[PairExample], *, max_length: int | None, max_prompt_length: int | None
+                 ) -> tuple[list[list[int]], list[list[int]], TokenizeStats]:
+    """Each pair as two sequences (prompt, chosen) and (prompt, rejected), with the exact boundary; an empty prompt
+    becomes one BOS (or EOS) token so the first response token has a position that predicts it."""
+    stats = TokenizeStats()
+    p_ids, r_ids = [], []
+    for ex in pairs:
+        enc = encode_group(tokenizer, ex.prompt, [ex.chosen, ex.rejected], max_length=max_length, max_prompt_length=max_prompt_length)
+        prompt = enc[0].prompt_ids or [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+        for e in enc:
+            stats.add(e)
+            p_ids.append(prompt)
+            r_ids.append(e.response_ids)
+    return p_ids, r_ids, stats
+
+
 def audit_in_chunks(
     model, tokenizer, pairs: list[PairExample], *, chunk_dir: Path, settings: dict[str, Any], resume: bool = False,
     rank: int = 0, world: int = 1, barrier: Callable[[], None] = lambda: None, chunk_pairs: int = 256,
-    log: Callable[[str], Any] = print, **kw: Any,
+    log: Callable[[str], Any] = print, sharded: bool = False, batch_size: int = 16, max_length: int | None = 1024,
+    max_prompt_length: int | None = 512,
 ) -> DataAudit | None:
     """`audit_pairs` over chunks of `chunk_pairs` pairs through `audits.chunks.run_in_chunks` (saved as they
-    finish, shared out between processes, resumable); the whole audit in input order on the main process."""
+    finish, shared out between processes, resumable); the whole audit in input order on the main process.
+
+    `sharded` (the model is sharded by FSDP over the processes): every process takes part in every chunk, scoring a
+    contiguous share of its pairs in step with the others (the same number of forwards, each gathering the weights
+    block by block), and the main process joins the shares and saves the chunk."""
     if not pairs:
         raise DataError("no pairs to audit", "check the data file and --limit")
 
-    def compute(k: int, start: int, stop: int) -> dict[str, Any]:
-        part = audit_pairs(model, tokenizer, pairs[start:stop], progress=rank == 0, **kw)
+    def compute_part(start: int, stop: int, forwards: int = 0) -> dict[str, Any]:
+        part = audit_pairs(model, tokenizer, pairs[start:stop], progress=rank == 0, forwards=forwards, batch_size=batch_size,
+                           max_length=max_length, max_prompt_length=max_prompt_length)
         for row in part.rows:
             row["row"] += start
         return {"rows": part.rows, "tokenize": dict(part.tokenize.counts)}
 
+    def compute_together(k: int, start: int, stop: int) -> dict[str, Any] | None:
+        import torch.distributed as dist
+
+        cuts = [start + round(j * (stop - start) / world) for j in range(world + 1)]
+        forwards = max(forwards_of(*encode_pairs(tokenizer, pairs[a:b], max_length=max_length, max_prompt_length=max_prompt_length)[:2],
+                                   batch_size=batch_size) for a, b in zip(cuts, cuts[1:]))
+        with sharded_forwards(model):
+            if cuts[rank + 1] > cuts[rank]:
+                mine = compute_part(cuts[rank], cuts[rank + 1], forwards)
+            else:  # more processes than pairs in this chunk: stand-in forwards only
+                score_sequences(model, [], [], pad_id=pad_token_id(tokenizer), forwards=forwards)
+                mine = {"rows": [], "tokenize": {}}
+        shares = [None] * world if rank == 0 else None
+        dist.gather_object(mine, shares, dst=0)
+        if rank != 0:
+            return None
+        counts: Counter = Counter()
+        for share in shares:
+            counts.update(share["tokenize"])
+        return {"rows": [row for share in shares for row in share["rows"]], "tokenize": dict(counts)}
+
+    compute = compute_together if sharded else (lambda k, start, stop: compute_part(start, stop))
     chunks = run_in_chunks(len(pairs), chunk_pairs, chunk_dir, settings, compute, resume=resume, rank=rank, world=world,
-                           barrier=barrier, log=log)
+                           barrier=barrier, log=log, together=sharded)
     if chunks is None:
         return None
     rows = [row for c in chunks for row in c["rows"]]
@@ -115,29 +154,47 @@ def audit_in_chunks(
     return DataAudit(rows, dataset_findings(pairs, rows), TokenizeStats(counts))
 
 
-def score_with_token_progress(model, p_ids: list[list[int]], r_ids: list[list[int]], *, pad_id: int, batch_size: int,
-                              desc: str | None, chunk_pairs: int | None = None) -> ScoreOutput:
-    """`score_sequences` over pairs (sequences 2i, 2i+1), longest pairs first, in chunks, with a
-    progress bar counted in tokens: cost grows with length, so a bar counted in batches of sorted
-    lengths gives an ETA that starts far too optimistic. Longest first also meets an out-of-memory
-    batch at once, not at the end."""
+def scoring_plan(p_ids: list[list[int]], r_ids: list[list[int]], *, batch_size: int, chunk_pairs: int | None = None) -> list[list[int]]:
+    """The pieces (sequence indices) `score_with_token_progress` scores, longest pairs first."""
     n_pairs = len(p_ids) // 2
     cost = [len(p_ids[2 * i]) + len(r_ids[2 * i]) + len(r_ids[2 * i + 1]) for i in range(n_pairs)]
     order = sorted(range(n_pairs), key=lambda i: -cost[i])
     step = chunk_pairs or max(1, 4 * batch_size)
+    return [[2 * i + k for i in order[start:start + step] for k in (0, 1)] for start in range(0, n_pairs, step)]
+
+
+def forwards_of(p_ids: list[list[int]], r_ids: list[list[int]], *, batch_size: int, chunk_pairs: int | None = None) -> int:
+    """How many forwards `score_with_token_progress` makes on these sequences (processes scoring a sharded model in
+    step pad to the largest count)."""
+    return sum(len(scoring_batches([p_ids[j] for j in seq], [r_ids[j] for j in seq], batch_size))
+               for seq in scoring_plan(p_ids, r_ids, batch_size=batch_size, chunk_pairs=chunk_pairs))
+
+
+def score_with_token_progress(model, p_ids: list[list[int]], r_ids: list[list[int]], *, pad_id: int, batch_size: int,
+                              desc: str | None, chunk_pairs: int | None = None, forwards: int = 0) -> ScoreOutput:
+    """`score_sequences` over pairs (sequences 2i, 2i+1), longest pairs first, in chunks, with a
+    progress bar counted in tokens: cost grows with length, so a bar counted in batches of sorted
+    lengths gives an ETA that starts far too optimistic. Longest first also meets an out-of-memory
+    batch at once, not at the end. `forwards`: at least this many forwards (see `score_sequences`)."""
+    plan = scoring_plan(p_ids, r_ids, batch_size=batch_size, chunk_pairs=chunk_pairs)
+    cost = [sum(len(p_ids[j]) + len(r_ids[j]) for j in seq) - sum(len(p_ids[j]) for j in seq[1::2]) for seq in plan]
     from tqdm.auto import tqdm
 
     bar = tqdm(total=sum(cost), desc=desc, disable=desc is None, unit="tok", unit_scale=True)
     parts: list[tuple[list[int], ScoreOutput]] = []
+    made = 0
     try:
-        for start in range(0, n_pairs, step):
-            pairs = order[start:start + step]
-            seq = [2 * i + k for i in pairs for k in (0, 1)]
+        for seq, c in zip(plan, cost):
+            made += len(scoring_batches([p_ids[j] for j in seq], [r_ids[j] for j in seq], batch_size))
             parts.append((seq, score_sequences(model, [p_ids[j] for j in seq], [r_ids[j] for j in seq], pad_id=pad_id,
                                                batch_size=batch_size, return_hidden=True)))
-            bar.update(sum(cost[i] for i in pairs))
+            bar.update(c)
+        if forwards > made:
+            score_sequences(model, [], [], pad_id=pad_id, forwards=forwards - made)
     finally:
         bar.close()
+    if not parts:
+        return ScoreOutput(logps=torch.zeros(0), n_tokens=torch.zeros(0, dtype=torch.long))
     d = parts[0][1].hidden_sum.shape[-1]
     n = len(p_ids)
     logps, hidden, last = torch.zeros(n), torch.zeros(n, d), torch.zeros(n, d)

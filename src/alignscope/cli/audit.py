@@ -91,10 +91,13 @@ def check_data_args(args: argparse.Namespace) -> tuple[Path, Path, Path, Path | 
 
 
 def run_data(args: argparse.Namespace) -> int:
+    import dataclasses
     import tempfile
 
+    import torch
+
     from alignscope import run_files as rf
-    from alignscope.audits.chunks import CHUNKS_DIR, distributed, finish
+    from alignscope.audits.chunks import CHUNKS_DIR, distributed, finish, sharding_launch
     from alignscope.audits.data import (
         apply_filter,
         audit_in_chunks,
@@ -112,14 +115,21 @@ def run_data(args: argparse.Namespace) -> int:
     rejects = table.with_name(table.stem + ".rejects.jsonl") if rank == 0 else Path(tempfile.mkdtemp()) / "rejects.jsonl"
     data = load_data(args.data, format=args.format, mapping=parse_mapping(args.map), on_error=args.on_error, rejects_path=rejects)
     pairs = data.examples[: args.limit] if args.limit else data.examples
-    model, tok = load_placed(args.model, placement)
+    accelerator = sharding_launch(placement, "audit data", print if rank == 0 else lambda *a: None)
+    if accelerator is None:
+        model, tok = load_placed(args.model, placement)
+    else:  # loaded on the CPU and sharded block by block onto the devices: the model need not fit one of them
+        model, tok = load_placed(args.model, dataclasses.replace(placement, device=torch.device("cpu")))
+        model = accelerator.prepare(model).eval()
+        if rank == 0:
+            print(f"FSDP: the model is sharded over {world} processes, which score every chunk together")
     source = args.data if is_hub_spec(args.data) else str(Path(args.data).resolve())  # a Hub spec is no path
     settings = {"data": source, "format": args.format, "map": args.map, "limit": args.limit, "model": args.model,
                 "max_length": args.max_length, "max_prompt_length": args.max_prompt_length, "dtype": placement.dtype_name}
     chunks = table.parent / CHUNKS_DIR
     audit = audit_in_chunks(model, tok, pairs, chunk_dir=chunks, settings=settings, resume=args.resume, rank=rank, world=world,
                             barrier=barrier, chunk_pairs=args.chunk_pairs, batch_size=args.batch_size, max_length=args.max_length,
-                            max_prompt_length=args.max_prompt_length)
+                            max_prompt_length=args.max_prompt_length, sharded=accelerator is not None)
     if audit is None:  # another process of a distributed run: the main one writes the results
         return 0
     msg, files = [], {"ches_table": table.name}
@@ -136,7 +146,8 @@ def run_data(args: argparse.Namespace) -> int:
     if data.rejects_path is not None:
         files["rejects"] = str(data.rejects_path)
     rf.write_manifest(manifest, "audit data", command_line(args, "audit data"), files,
-                      data=source, model=args.model, filter=args.filter, summary=audit.summary, processes=world)
+                      data=source, model=args.model, filter=args.filter, summary=audit.summary, processes=world,
+                      sharded=accelerator is not None)
     finish(chunks)
     print(format_summary(audit))
     print(f"per-pair table: {table} ({rf.ROW_CONVENTION}); manifest: {manifest}")
