@@ -4,7 +4,8 @@ real CLI in its own process, with a table of what ran, how long it took and its 
     python scripts/gpu_check.py                       # SmolLM2 on this machine's GPU(s), bf16 (`make gpu-check`)
     python scripts/gpu_check.py --device cpu --quick  # the same stages on a tiny model, a few steps: a dry run
 
-With 2 or more GPUs the training stages and GRPO (hf) run again as 2 processes (torchrun). A stage whose command
+With 2 or more GPUs the training stages and GRPO (hf) run again as 2 processes (torchrun), and DPO, the CHES
+audit and GRPO (hf) once more with the model sharded (`accelerate launch`, examples/accelerate/fsdp_2gpu.yaml). A stage whose command
 does not take an option yet (`--device`, `rollout_backend`) runs without it and says so; vLLM stages
 are skipped with the reason when vLLM is not installed.
 """
@@ -23,6 +24,8 @@ import time
 from pathlib import Path
 
 CLI = [sys.executable, "-m", "alignscope.cli.main"]
+FSDP = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        str(Path(__file__).resolve().parents[1] / "examples" / "accelerate" / "fsdp_2gpu.yaml"), "-m", "alignscope.cli.main"]
 
 
 @dataclasses.dataclass
@@ -190,6 +193,14 @@ def stages(args, work: Path, pairs: Path, sft: Path, prompts: Path) -> list[Stag
             torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "alignscope.cli.main"]
             rl2 = [a.replace(f"grpo_{backend}", "grpo-2proc") for a in rl]
             out.append(Stage("grpo-2proc (hf)", torchrun + rl2, ("sft", "rm"), backend=backend, procs=2, note=note))
+            sharded = "the model sharded over 2 GPUs (FSDP v2)"
+            dpo = train("dpo", "dpo-fsdp", [f"model={sft_final}", f"data={pairs}"], 2)[0]
+            out.append(Stage("dpo-fsdp", FSDP + dpo[dpo.index("train"):], ("sft",), procs=2, note=sharded))
+            out.append(Stage("audit data-fsdp", FSDP + ["audit", "data", "--model", sft_final, "--data", str(pairs), "--out",
+                                                         str(work / "audit-fsdp" / "ches.csv"), "--filter", "drop:0.25",
+                                                         "--max-length", str(length), *dev_flags], ("sft",), procs=2, note=sharded))
+            out.append(Stage("grpo-fsdp (hf)", FSDP + [a.replace(f"grpo_{backend}", "grpo-fsdp") for a in rl], ("sft", "rm"),
+                             backend=backend, procs=2, note=sharded))
     return out
 
 

@@ -27,3 +27,25 @@ def test_no_gpu_is_a_clear_error(tmp_path):
                           env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 2 and "no CUDA GPU" in done.stderr and "--device cpu --quick" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_two_gpus_add_the_sharded_stages(tmp_path):
+    """On 2 GPUs DPO, the CHES audit and GRPO run once more with the model sharded, through accelerate's launcher and
+    the repo's FSDP config (only the stage list is checked here: no GPU)."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    gpu_check = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = gpu_check  # its dataclasses look their module up
+    spec.loader.exec_module(gpu_check)
+    args = argparse.Namespace(quick=False, model="smollm2", device="cuda", dtype="bfloat16", gpus=2)
+    staged = {st.name: st for st in gpu_check.stages(args, tmp_path, tmp_path / "p.jsonl", tmp_path / "s.jsonl", tmp_path / "q.jsonl")}
+    for name, words in (("dpo-fsdp", ["train", "dpo"]), ("audit data-fsdp", ["audit", "data"]), ("grpo-fsdp (hf)", ["train", "rl"])):
+        st = staged[name]
+        assert st.argv[:3] == [sys.executable, "-m", "accelerate.commands.launch"] and st.procs == 2
+        config = Path(st.argv[st.argv.index("--config_file") + 1])
+        assert config.is_file() and "fsdp_version: 2" in config.read_text()
+        at = st.argv.index("alignscope.cli.main") + 1
+        assert st.argv[at:at + 2] == words, st.argv
+    assert "grpo-fsdp" in " ".join(staged["grpo-fsdp (hf)"].argv) and "dpo-fsdp" in " ".join(staged["dpo-fsdp"].argv)
