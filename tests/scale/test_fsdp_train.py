@@ -19,7 +19,7 @@ from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
 from alignscope.errors import ConfigError
-from alignscope.training.sharding import shards_model
+from alignscope.models.fsdp import shards_model
 
 from training import synthetic
 from .test_fsdp_rl import FSDP_ENV

@@ -88,7 +88,7 @@ def sharding_launch(placement, command: str, log: Callable[[str], Any] = print):
         return None
     from accelerate import Accelerator
 
-    from alignscope.training.sharding import shards_model
+    from alignscope.models.fsdp import shards_model
 
     accelerator = Accelerator(cpu=placement.device.type == "cpu")
     return accelerator if shards_model(accelerator, command, log) else None

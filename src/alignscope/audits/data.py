@@ -32,7 +32,7 @@ from alignscope.diagnostics.similarity import (
 )
 from alignscope.errors import DataError, did_you_mean
 from alignscope.models.scoring import ScoreOutput, pad_token_id, score_sequences, scoring_batches
-from alignscope.training.sharding import sharded_forwards
+from alignscope.models.fsdp import sharded_forwards
 
 COLUMNS = [
     "row", "ches", "ln_ches", "edit_distance", "final_inner_product", "prompt_tokens", "chosen_tokens",

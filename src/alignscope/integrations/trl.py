@@ -65,6 +65,7 @@ from alignscope.data.records import PairExample, Prompt, prompt_text
 from alignscope.diagnostics.variance import low_variance_fraction, per_prompt_variance, standardize_global
 from alignscope.diagnostics.warnings import detect_flat_objective
 from alignscope.errors import ConfigError, DataError
+from alignscope.models.fsdp import sharded_forwards, shards_model
 from alignscope.models.scoring import check_context, max_positions, pad_token_id
 from alignscope.training.config import TrainConfig
 from alignscope.training.items import Item
@@ -73,7 +74,6 @@ from alignscope.training.methods.dpo import DPO
 from alignscope.training.metrics import MetricsLogger
 from alignscope.training.monitor import evaluate, log_eval_point
 from alignscope.training.rl import overoptimization_summary
-from alignscope.training.sharding import sharded_forwards, shards_model
 
 if TYPE_CHECKING:
     from transformers import Trainer

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from alignscope.errors import TrainingError
+from alignscope.errors import ConfigError, TrainingError
 
 MARKER = "complete.json"
 
@@ -67,11 +67,13 @@ def save_checkpoint(
     *,
     tensors: dict[str, torch.Tensor] | None = None,
     optimizer_state: dict[str, Any] | None = None,
+    engine_state: Path | None = None,
 ) -> Path:
     """Write checkpoint-<step> atomically and delete all but the newest `keep_last`.
 
     `tensors` and `optimizer_state` stand in for the model's and optimizer's own state where those hold shards
-    (FSDP: the whole ones, which every process gathers and the main process writes)."""
+    (FSDP: the whole ones, which every process gathers and the main process writes). `engine_state`: a folder of
+    DeepSpeed's own checkpoint (written by every process), moved in as `deepspeed/` before the checkpoint is complete."""
     run_dir = Path(run_dir)
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f".tmp-checkpoint-{step}"
@@ -89,6 +91,8 @@ def save_checkpoint(
             tmp / "trainer_state.pt",
         )
         (tmp / "state.json").write_text(json.dumps({**state, "rng": rng_state()}))
+        if engine_state is not None:
+            Path(engine_state).rename(tmp / "deepspeed")
         (tmp / MARKER).write_text(json.dumps({"step": step}))
         _test_kill_point(step, "rename")
         if final.exists():
@@ -96,6 +100,8 @@ def save_checkpoint(
         tmp.rename(final)
     except Exception as e:  # a full disk shows as RuntimeError in torch.save, SafetensorError, OSError, ...
         shutil.rmtree(tmp, ignore_errors=True)
+        if engine_state is not None:
+            shutil.rmtree(engine_state, ignore_errors=True)
         if old.exists() and not final.exists():
             old.rename(final)
         kept = [p.name for p in list_checkpoints(run_dir) if _valid(p)]
@@ -209,10 +215,13 @@ def fits(tensors: dict[str, torch.Tensor], trainer: dict[str, Any], model: torch
 
 
 def load_latest(run_dir: Path, log=print, model: torch.nn.Module | None = None,
-                optimizer: torch.optim.Optimizer | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]] | None:
+                optimizer: torch.optim.Optimizer | None = None,
+                deepspeed: dict[str, int] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]] | None:
     """(model tensors, trainer state, run state) of the newest whole checkpoint, or None; each one skipped is named.
 
-    Given the run's `model` and `optimizer`, a checkpoint must also fit them (`fits`) to be used."""
+    Given the run's `model` and `optimizer`, a checkpoint must also fit them (`fits`) to be used. `deepspeed`: the
+    run's DeepSpeed launch ({"zero_stage", "processes"}, None without DeepSpeed); a checkpoint written under another
+    launch is refused, since DeepSpeed's optimizer state is its own, partitioned per process."""
     for path in reversed(list_checkpoints(run_dir)):
         if not _valid(path):
             log(f"alignscope: checkpoint {path} is partial (no valid {MARKER}); using the previous one")
@@ -224,12 +233,30 @@ def load_latest(run_dir: Path, log=print, model: torch.nn.Module | None = None,
         except Exception as e:  # a corrupt file of any kind: fall back, say so
             log(f"alignscope: checkpoint {path} is corrupt ({type(e).__name__}: {e}); using the previous one")
             continue
-        problem = check_contents(path, tensors, trainer, state) or fits(tensors, trainer, model, optimizer)
+        problem = check_contents(path, tensors, trainer, state)
+        if problem is None:
+            check_launch(path, state.get("deepspeed"), deepspeed)
+            problem = fits(tensors, trainer, model, optimizer)
         if problem:
             log(f"alignscope: checkpoint {path} is incomplete ({problem}); using the previous one")
             continue
         return tensors, trainer, state
     return None
+
+
+def check_launch(path: Path, saved: dict[str, int] | None, current: dict[str, int] | None) -> None:
+    """Refuse resuming a checkpoint under another launch where DeepSpeed is on either side: a DeepSpeed checkpoint's
+    optimizer state is DeepSpeed's own (partitioned per process), and DeepSpeed reads no other."""
+    if saved == current:
+        return
+
+    def name(launch: dict[str, int] | None) -> str:
+        return "without DeepSpeed" if launch is None else f"under DeepSpeed ZeRO-{launch['zero_stage']} by {launch['processes']} processes"
+
+    raise ConfigError(f"{path} was written {name(saved)}, this run is {name(current)}; a DeepSpeed "
+                      "checkpoint's optimizer state is DeepSpeed's own, partitioned per process, so only the launch that wrote "
+                      "it resumes it",
+                      f"resume {name(saved)} (the same accelerate config and process count), or start a new run in another output_dir")
 
 
 def load_logps_cache(path: Path, expected: int, log=print) -> torch.Tensor | None:

@@ -43,9 +43,18 @@ from alignscope.models.device import Placement, load_placed, load_placed_model, 
 from alignscope.training.lora import add_lora, merged_state
 from alignscope.training.methods.base import Seq
 from alignscope.training.metrics import MetricsLogger
+from alignscope.models.fsdp import sharded_forwards, shards_model, whole_tensor
 from alignscope.training.monitor import evaluate, log_eval_point
 from alignscope.training.run_dir import owns_output_dir
-from alignscope.training.sharding import full_state, load_full_state, sharded_forwards, shards_model, whole_tensor
+from alignscope.training.sharding import full_state, load_full_state
+from alignscope.training.zero import (
+    deepspeed_backward,
+    deepspeed_grad_norm,
+    deepspeed_launch,
+    deepspeed_state,
+    load_deepspeed_state,
+    unpartitioned_loading,
+)
 
 
 def seed_everything(seed: int) -> None:
@@ -201,7 +210,19 @@ def train(
     placement = cfg.placement()  # a GPU asked for but absent fails here, before anything is read or written
     use_device(placement)
     accelerator = Accelerator(cpu=placement.device.type == "cpu", mixed_precision=cfg.mixed_precision)
-    sharded = shards_model(accelerator, f"train {cfg.method}", log=log if accelerator.is_main_process else lambda *a: None)
+    quiet = log if accelerator.is_main_process else lambda *a: None
+    sharded = shards_model(accelerator, f"train {cfg.method}", log=quiet)
+    deepspeed = deepspeed_launch(accelerator, f"train {cfg.method}", batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                                 max_grad_norm=cfg.max_grad_norm, log=quiet)
+    if deepspeed is not None and cfg.nan_policy == "skip":
+        raise ConfigError("nan_policy=skip cannot skip a step under DeepSpeed: its engine clips and steps inside the last "
+                          "micro-batch's backward, before alignscope sees the gradient's norm (in fp32 it applies a non-finite one)",
+                          "set nan_policy=stop (a non-finite loss or gradient stops the run; the last good checkpoint is kept), "
+                          "or train without DeepSpeed")
+    skip_hint = "" if deepspeed else ", or set nan_policy=skip"  # what a non-finite step's error suggests
+    # FSDP, ZeRO-3: each forward gathers the weights with the other processes, so the reference pass and evaluation
+    # run after prepare on every process, with as many forwards on each.
+    gathers = sharded or (deepspeed is not None and deepspeed["zero_stage"] == 3)
     is_main = accelerator.is_main_process
     say = log if is_main else (lambda *a, **k: None)
     out_dir = Path(cfg.output_dir)
@@ -223,8 +244,9 @@ def train(
     # --- model and the method's items
     method = method_for(cfg)
     if model is None:  # under FSDP on the CPU: accelerate's prepare moves it to the device shard by shard
-        model, tokenizer = build_policy(cfg, _texts(examples), replace(placement, device=torch.device("cpu")) if sharded else placement)
-    if not sharded:
+        with unpartitioned_loading(accelerator):
+            model, tokenizer = build_policy(cfg, _texts(examples), replace(placement, device=torch.device("cpu")) if sharded else placement)
+    if not gathers:
         model.to(accelerator.device)  # the reference pass below runs before accelerate's prepare, on the run's device
     pad_id = pad_token_id(tokenizer)
     items, stats = method.items(examples, tokenizer)
@@ -250,6 +272,9 @@ def train(
     world = accelerator.num_processes
     if sharded:
         say(f"FSDP: the model is sharded over {world} processes (weights, gradients and optimizer state)")
+    if deepspeed is not None:
+        say(f"DeepSpeed ZeRO-{deepspeed['zero_stage']}: partitioned over {world} processes ("
+            + ("weights, " if gathers else "") + "gradients and optimizer state)")
     global_batch = cfg.batch_size * cfg.grad_accum * world
     if len(items) < global_batch:
         raise ConfigError(
@@ -269,9 +294,11 @@ def train(
 
     ref_logps = eval_ref = None
     if method.needs_reference and cfg.ref_model:
-        ref_logps, eval_ref = reference_pass(load_placed_model(cfg.ref_model, placement, trust_remote_code=cfg.trust_remote_code,
-                                                               seed=cfg.seed), lockstep=False)
-    elif method.needs_reference and not sharded:
+        with unpartitioned_loading(accelerator):
+            ref = load_placed_model(cfg.ref_model, placement, trust_remote_code=cfg.trust_remote_code, seed=cfg.seed)
+        ref_logps, eval_ref = reference_pass(ref, lockstep=False)
+        del ref
+    elif method.needs_reference and not gathers:
         ref_logps, eval_ref = reference_pass(model, lockstep=False)
 
     trained = method.wrap(model)
@@ -287,7 +314,7 @@ def train(
 
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps)
     trained, optimizer = accelerator.prepare(trained, optimizer)
-    if method.needs_reference and ref_logps is None:  # FSDP: the policy is scored sharded, after prepare
+    if method.needs_reference and ref_logps is None:  # FSDP, ZeRO-3: the policy is scored partitioned, after prepare
         with sharded_forwards(trained):
             ref_logps, eval_ref = reference_pass(accelerator.unwrap_model(trained).lm, lockstep=True)
     ctx = Context(trained, cfg, pad_id, ref_logps)
@@ -298,12 +325,16 @@ def train(
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text(out_dir / rf.CONFIG, json.dumps(asdict(cfg), indent=1, default=str))
     if resume:
-        found = ckpt.load_latest(out_dir, log=say, model=accelerator.unwrap_model(trained), optimizer=optimizer)
+        # DeepSpeed's own loader checks its state (a ZeRO-3 model's parameters are empty placeholders here).
+        found = ckpt.load_latest(out_dir, log=say, model=None if deepspeed else accelerator.unwrap_model(trained),
+                                 optimizer=None if deepspeed else optimizer, deepspeed=deepspeed)
         if found is None:
             say(f"no complete checkpoint in {out_dir}; starting from step 0")
         else:
             tensors, trainer_state, state = found
-            if sharded:  # every process reads the whole state and keeps its shards
+            if deepspeed:
+                load_deepspeed_state(trained, out_dir / f"checkpoint-{state['step']}")
+            elif sharded:  # every process reads the whole state and keeps its shards
                 load_full_state(trained, optimizer, tensors, trainer_state["optimizer"])
             else:
                 ckpt.load_model_tensors(accelerator.unwrap_model(trained), tensors)
@@ -315,14 +346,14 @@ def train(
     metrics_log = MetricsLogger(out_dir, enabled=is_main, report_to=cfg.report_to, truncate_after=start_step if resume else 0)
 
     def evaluation() -> dict[str, Any]:
-        """The monitor's scores now. Under FSDP every process makes the same forwards (each gathers the weights
-        with the others) and only the main one logs; otherwise the main process alone evaluates."""
+        """The monitor's scores now. Under FSDP and ZeRO-3 every process makes the same forwards (each gathers the
+        weights with the others) and only the main one logs; otherwise the main process alone evaluates."""
         with sharded_forwards(trained):
             return evaluate(accelerator.unwrap_model(trained).lm, eval_items, eval_ref, pad_id, cfg.beta, max(cfg.batch_size, 8))
 
     eval_start = start_probs = None
     eval_every = cfg.eval_steps
-    if eval_items and (is_main or sharded):
+    if eval_items and (is_main or gathers):
         start_file, probs_file = out_dir / rf.EVAL_START, out_dir / rf.EVAL_START_PROBS
         if start_step > 0 and start_file.exists():
             eval_start = json.loads(start_file.read_text())
@@ -338,13 +369,16 @@ def train(
                 metrics_log.eval_point(0, eval_start, eval_start)
 
     def save_checkpoint(step_no: int) -> dict:
-        """checkpoint-<step_no>, written by the main process; under FSDP every process first gathers the whole state
-        (returned, so the final save reuses it)."""
+        """checkpoint-<step_no>, written by the main process; under FSDP and DeepSpeed every process first gathers
+        the whole state (returned, so the final save reuses it), and DeepSpeed writes its own beside it."""
         accelerator.wait_for_everyone()
-        whole = full_state(trained, optimizer) if sharded else {}
+        if deepspeed:
+            whole = deepspeed_state(accelerator, trained, out_dir / f".tmp-deepspeed-{step_no}")
+        else:
+            whole = full_state(trained, optimizer) if sharded else {}
         if is_main:
-            ckpt.save_checkpoint(out_dir, step_no, accelerator.unwrap_model(trained), optimizer, scheduler,
-                                 {"step": step_no, "skipped_batches": skipped}, cfg.keep_last, **whole)
+            state = {"step": step_no, "skipped_batches": skipped, **({"deepspeed": deepspeed} if deepspeed else {})}
+            ckpt.save_checkpoint(out_dir, step_no, accelerator.unwrap_model(trained), optimizer, scheduler, state, cfg.keep_last, **whole)
         return whole
 
     # --- the loop
@@ -368,20 +402,26 @@ def train(
                     if cfg.nan_policy == "stop":
                         raise TrainingError(
                             f"loss is {loss.item()} at step {step + 1}, micro-batch {m}, items {idx}",
-                            "inspect those items (empty or extreme responses?), lower lr, or set nan_policy=skip; "
+                            f"inspect those items (empty or extreme responses?), lower lr{skip_hint}; "
                             f"the last good checkpoint in {out_dir} is kept",
                         )
-                accelerator.backward(loss / cfg.grad_accum)
+                if deepspeed:
+                    deepspeed_backward(trained, loss / cfg.grad_accum, boundary=m == cfg.grad_accum - 1)
+                else:
+                    accelerator.backward(loss / cfg.grad_accum)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / cfg.grad_accum
-        # With no clipping the bound is infinite: the grads are scaled by 1 and the norm is still the whole model's.
-        grad_norm = float(accelerator.clip_grad_norm_(trained.parameters(), math.inf if cfg.max_grad_norm is None else cfg.max_grad_norm))
+        if deepspeed:  # the engine has clipped (by the config's gradient_clipping) and stepped
+            grad_norm = deepspeed_grad_norm(trained)
+        else:  # With no clipping the bound is infinite: the grads are scaled by 1 and the norm is still the whole model's.
+            bound = math.inf if cfg.max_grad_norm is None else cfg.max_grad_norm
+            grad_norm = float(accelerator.clip_grad_norm_(trained.parameters(), bound))
         finite = math.isfinite(grad_norm) and all(math.isfinite(v) for v in sums.values())
         if not finite:
             if cfg.nan_policy == "stop":
                 raise TrainingError(
                     f"non-finite loss or gradient at step {step + 1} (grad norm {grad_norm}), items {idx_global}",
-                    f"lower lr, check those items, or set nan_policy=skip; the last good checkpoint in {out_dir} is kept",
+                    f"lower lr, check those items{skip_hint}; the last good checkpoint in {out_dir} is kept",
                 )
             skipped += 1
             optimizer.zero_grad(set_to_none=True)
@@ -416,7 +456,7 @@ def train(
                 lm = final.lm
                 lm_state = None if tensors is None else {k.removeprefix("lm."): v for k, v in tensors.items() if k.startswith("lm.")}
                 lm.save_pretrained(folder / "adapter", state_dict=lm_state)
-                if sharded:  # merged from the gathered tensors; the sharded model lends its config
+                if tensors is not None:  # FSDP, DeepSpeed: merged from the gathered tensors; the partitioned model lends its config
                     tensors = {**tensors, **{f"lm.{k}": v for k, v in merged_state(lm, lm_state).items()}}
                     tensors = {k: v for k, v in tensors.items() if not k.startswith("lm.base_model.")}
                     final.lm = lm.get_base_model()

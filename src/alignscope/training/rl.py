@@ -43,6 +43,7 @@ from alignscope.diagnostics.displacement import displacement_stats
 from alignscope.losses import policy_gradient as pg
 from alignscope.losses.preference import preference_loss
 from alignscope.models.device import Placement, load_placed, use_device
+from alignscope.models.fsdp import shards_model
 from alignscope.models.loading import set_activation_checkpointing
 from alignscope.models.scoring import Scorer, body_and_head, pad_token_id, score_batch
 from alignscope.rewards.sources import load_reward_source
@@ -55,7 +56,9 @@ from alignscope.training.config import ALGORITHMS, RewardSpec, RLConfig  # noqa:
 from alignscope.training.lora import add_lora, merged_state
 from alignscope.training.metrics import MetricsLogger
 from alignscope.training.run_dir import owns_output_dir
-from alignscope.training.sharding import full_state, load_full_state, shards_model, whole_policy
+from alignscope.training.sharding import full_state, load_full_state, whole_policy
+from alignscope.training.zero import (deepspeed_backward, deepspeed_launch, deepspeed_state, load_deepspeed_state, unpartitioned_loading,
+                                      whole_engine)
 
 
 def group_variance(rewards: torch.Tensor) -> torch.Tensor:
@@ -284,23 +287,21 @@ def frozen_reference(model: torch.nn.Module, offload: bool = False) -> torch.nn.
 
 
 def check_sharding(accelerator, cfg: RLConfig, log: Callable[[str], None] = print) -> bool:
-    """Whether the run shards the policy (FSDP v2), after refusing the launches RL cannot take: DeepSpeed, FSDP v1,
-    and, under FSDP, the vLLM engine (built from and sent the whole weights, which no process holds outside FSDP's
-    gathers)."""
+    """Whether the run shards the policy with FSDP v2, after refusing the launches RL cannot take: FSDP v1, and the
+    vLLM engine under FSDP or DeepSpeed (it is built from and sent the whole weights, which under FSDP and ZeRO-3 no
+    process holds outside the gathers, and no DeepSpeed run of it was built or tested). DeepSpeed's own checks are
+    `deepspeed_launch`'s."""
     from accelerate.utils import DistributedType
 
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        raise ConfigError("train rl does not run under DeepSpeed: sampling needs the whole policy on every process, and "
-                          "alignscope gathers it only under FSDP v2 (deepspeed is not among its dependencies, so no DeepSpeed "
-                          "path of RL is built or tested)",
-                          "launch with an FSDP config (fsdp_version: 2, e.g. examples/accelerate/fsdp_2gpu.yaml) or a DDP one")
-    if not shards_model(accelerator, "train rl", log):
-        return False
-    if cfg.rollout_backend == "vllm":
-        raise ConfigError("train rl under FSDP samples with its own sampler: rollout_backend: vllm is not supported with a "
-                          "sharded policy (the engine is built from and sent the whole weights, which FSDP keeps in shards)",
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    sharded = not deepspeed and shards_model(accelerator, "train rl", log)
+    if (deepspeed or sharded) and cfg.rollout_backend == "vllm":
+        kind = "DeepSpeed" if deepspeed else "FSDP"
+        raise ConfigError(f"train rl under {kind} samples with its own sampler: rollout_backend: vllm is not supported there "
+                          "(the engine is built from and sent the whole weights, which a sharded or partitioned policy does "
+                          "not hold outside its gathers)",
                           "drop rollout_backend (or launch with a DDP config, where vllm runs)")
-    return True
+    return sharded
 
 
 class _PolicyPass(torch.nn.Module):
@@ -337,8 +338,11 @@ def train_rl(
 
     Under `torchrun` / `accelerate launch` each process samples and trains on an equal share of every
     rollout batch; advantages, loss normalisers and metrics are computed over the whole batch, and
-    gradients are averaged (DDP, or FSDP v2 with the policy sharded and gathered whole for sampling:
-    `whole_policy`), so the step is the one a single process takes on the same batch.
+    gradients are averaged (DDP; FSDP v2 with the policy sharded and gathered whole for sampling: `whole_policy`;
+    DeepSpeed ZeRO-2/3, ZeRO-3 gathering it likewise: `whole_engine`), so the step is the one a single process takes
+    on the same batch. Under DeepSpeed the engine steps once per mini-batch, after its last micro-batch, and clips
+    at max_grad_norm; checkpoints hold the whole weights and DeepSpeed's own optimizer state, so only the same
+    DeepSpeed launch resumes them.
 
     Flat groups (every sample of a prompt got the same reward) have advantage 0 but keep their KL
     term when dynamic sampling is off: the KL regularises the policy on every prompt it is sampled
@@ -371,6 +375,14 @@ def train_rl(
     accelerator = Accelerator(cpu=placement.device.type == "cpu", mixed_precision=cfg.mixed_precision)
     procs = _Processes(accelerator)
     sharded = check_sharding(accelerator, cfg, log=log if procs.is_main else lambda *a: None)
+    # DeepSpeed's config filled from RL's: one micro-batch's rows, no accumulation of its own (RL weights each micro-batch's
+    # loss by its share of the mini-batch and tells the engine the step's last one), max_grad_norm as its clipping.
+    rows_per_update = math.ceil(cfg.prompts_per_step // procs.world * cfg.samples_per_prompt / cfg.steps_per_generation)
+    launch = deepspeed_launch(accelerator, "train rl", batch_size=cfg.micro_batch_size or rows_per_update, grad_accum=1,
+                              max_grad_norm=cfg.max_grad_norm, log=log if procs.is_main else lambda *a: None,
+                              names=("micro_batch_size (unset: a mini-batch's rows per process)", "1 (RL accumulates its micro-batches itself)"))
+    # The whole policy for forwards each process makes on its own (sampling, evaluation, LoRA's reference pass).
+    gather_policy = whole_engine if launch is not None else whole_policy
     if cfg.prompts_per_step % procs.world or (cfg.generation_batch_size and (cfg.prompts_per_step // cfg.generation_batch_size) % procs.world):
         raise ConfigError(f"prompts_per_step {cfg.prompts_per_step} cannot be shared equally by {procs.world} processes"
                           + (f" in calls of generation_batch_size {cfg.generation_batch_size}" if cfg.generation_batch_size else ""),
@@ -380,11 +392,17 @@ def train_rl(
         say(f"FSDP: the policy is sharded over {procs.world} processes and gathered whole for sampling; the reference is "
             + ("the policy with its LoRA adapter disabled, gathered whole for its pass" if cfg.lora is not None else
                f"a whole frozen copy on every process{' (on the CPU: ref_offload)' if cfg.ref_offload else ''}"))
-    rewards = build_rewards(cfg, reward, placement)
-    if gold is None and cfg.gold:
-        gold = load_reward_source(cfg.gold)
-    if model is None:
-        model, tokenizer = _load_policy(cfg, prompts, placement)
+    if launch is not None:
+        say(f"DeepSpeed ZeRO-{launch['zero_stage']} over {procs.world} processes: "
+            + ("the policy is partitioned and gathered whole for sampling; " if launch["zero_stage"] == 3 else "")
+            + ("the reference is the policy with its LoRA adapter disabled" if cfg.lora is not None else
+               f"the reference is a whole frozen copy on every process{' (on the CPU: ref_offload)' if cfg.ref_offload else ''}"))
+    with unpartitioned_loading(accelerator):
+        rewards = build_rewards(cfg, reward, placement)
+        if gold is None and cfg.gold:
+            gold = load_reward_source(cfg.gold)
+        if model is None:
+            model, tokenizer = _load_policy(cfg, prompts, placement)
     device = next(model.parameters()).device
     if cfg.gradient_checkpointing:
         set_activation_checkpointing(model, True)
@@ -395,15 +413,15 @@ def train_rl(
 
     @contextlib.contextmanager
     def reference(root: torch.nn.Module = model) -> Iterator[torch.nn.Module]:
-        """The reference to score with. With LoRA under FSDP, `root` is the sharded policy: it is gathered whole for the
-        block, as for sampling, so each process's reference forwards need no collective."""
+        """The reference to score with. With LoRA under FSDP or ZeRO-3, `root` is the sharded policy: it is gathered whole
+        for the block, as for sampling, so each process's reference forwards need no collective."""
         if frozen_copy is not None:
             yield frozen_copy
             return
         was_training = model.training
         model.eval()
         try:
-            with whole_policy(root), model.disable_adapter():
+            with gather_policy(root), model.disable_adapter():
                 yield model
         finally:
             model.train(was_training)
@@ -440,10 +458,14 @@ def train_rl(
 
     start = 0
     if resume:
-        found = ckpt.load_latest(out_dir, log=say, model=trainable, optimizer=optimizer)
+        # Under DeepSpeed the optimizer's state is DeepSpeed's own (checked by its loader); the weights are checked whole.
+        with gather_policy(trained):
+            found = ckpt.load_latest(out_dir, log=say, model=trainable, optimizer=None if launch else optimizer, deepspeed=launch)
         if found is not None:
             tensors, trainer_state, state = found
-            if sharded:  # every process reads the whole state and keeps its shards
+            if launch is not None:  # the engine's weights and optimizer partitions, each process its own
+                load_deepspeed_state(trained, out_dir / f"checkpoint-{state['step']}")
+            elif sharded:  # every process reads the whole state and keeps its shards
                 load_full_state(trained, optimizer, tensors, trainer_state["optimizer"])
             else:
                 ckpt.load_model_tensors(trainable, tensors)
@@ -502,7 +524,7 @@ def train_rl(
         share = cfg.prompts_per_step // procs.world
         kept_p, kept_r, kept_rew, kept_parts, cursor, n_groups, n_flat = [], [], [], [], 0, 0, 0
         rounds = 0
-        with whole_policy(trained):  # sampling forwards run on the gathered policy, however many each process makes
+        with gather_policy(trained):  # sampling forwards run on the gathered policy, however many each process makes
             while len(kept_p) < share and cursor < len(mine) and rounds <= cfg.max_refill_rounds:
                 need = share - len(kept_p)
                 batch_prompts = [prompts[i] for i in mine[cursor : cursor + need]]
@@ -603,7 +625,8 @@ def train_rl(
                     batch_loss_mask, batch_mask = all_loss_mask[whole(idx)], all_mask[whole(idx)]
                     micro_parts = [idx[i : i + micro] for i in range(0, len(idx), micro)]
                     for k, part in enumerate(micro_parts):
-                        sync = contextlib.nullcontext() if k == len(micro_parts) - 1 else accelerator.no_sync(trained)
+                        last = k == len(micro_parts) - 1
+                        sync = contextlib.nullcontext() if last or launch else accelerator.no_sync(trained)
                         with sync:
                             tok, values, entropy = first if single else forward(part, width, need_grad=True)
                             if dpo:
@@ -626,16 +649,20 @@ def train_rl(
                                     * pg.value_loss(values, old_values[part], returns[part], mask[part], clip=cfg.cliprange_value)
                             if not torch.isfinite(loss):
                                 raise TrainingError(f"RL loss is {loss.item()} at step {step + 1}", "lower lr or kl_coef; the last good checkpoint is kept")
-                            accelerator.backward(loss)
+                            if launch is not None:  # the engine reduces each micro-batch; clips and steps after the last
+                                deepspeed_backward(trained, loss, boundary=last)
+                            else:
+                                accelerator.backward(loss)
                         loss_value += float(loss.detach()) / procs.world
                         with torch.no_grad():
                             ratio = pg.importance_ratio(tok.detach(), old_tok[part], loss_mask[part], cfg.importance_sampling_level)
                             n_clipped += float((((ratio < 1 - cfg.epsilon) | (ratio > 1 + high)).expand_as(tok) & loss_mask[part]).sum())
                     loss_value = procs.reduce(loss_value, "sum")
                     clip_fraction = procs.reduce(n_clipped, "sum") / max(float(batch_loss_mask.sum()), 1.0)
-                    if cfg.max_grad_norm is not None:
-                        accelerator.clip_grad_norm_(trained.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
+                    if launch is None:
+                        if cfg.max_grad_norm is not None:
+                            accelerator.clip_grad_norm_(trained.parameters(), cfg.max_grad_norm)
+                        optimizer.step()
             scheduler.step()
             if dpo:
                 row.update(online_dpo_metrics(cfg.beta, *(procs.gather(x) for x in (
@@ -683,7 +710,7 @@ def train_rl(
                     logger.append_jsonl(rf.COMPLETIONS, {"step": step + 1, **entry})
         done = step + 1
         if eval_prompts and (done == cfg.steps or (cfg.eval_steps and done % cfg.eval_steps == 0)):
-            with whole_policy(trained):
+            with gather_policy(trained):
                 if procs.is_main:  # the held-out prompts are sampled once, by the main process, with the evaluation's own seed
                     row.update(evaluate_policy(model, tokenizer, eval_prompts, rewards, gold, cfg, done, engine))
             accelerator.wait_for_everyone()
@@ -702,9 +729,13 @@ def train_rl(
                 logger.pitfall(step + 1, pitfall)
         if cfg.save_steps and done % cfg.save_steps == 0 or done == cfg.steps:
             accelerator.wait_for_everyone()
-            gathered = full_state(trained, optimizer) if sharded else {}
+            if launch is not None:  # the whole weights, and DeepSpeed's own state staged for the checkpoint to take in
+                gathered = deepspeed_state(accelerator, trained, out_dir / ".tmp-deepspeed")
+            else:
+                gathered = full_state(trained, optimizer) if sharded else {}
             if procs.is_main:
-                ckpt.save_checkpoint(out_dir, done, trainable, optimizer, scheduler, {"step": done, "kl_coef": kl_ctl.value}, cfg.keep_last,
+                ckpt.save_checkpoint(out_dir, done, trainable, optimizer, scheduler,
+                                     {"step": done, "kl_coef": kl_ctl.value, **({"deepspeed": launch} if launch else {})}, cfg.keep_last,
                                      **gathered)
         bar.update(1)
         if "reward/proxy_mean" in row:
@@ -713,14 +744,15 @@ def train_rl(
     if engine is not None:
         engine.close()
     accelerator.wait_for_everyone()
-    policy_state = {k.removeprefix("policy."): v for k, v in full_state(trained)["tensors"].items() if k.startswith("policy.")} \
-        if sharded else None
+    # Sharded or partitioned: the whole policy gathered by every process, for the main one to write.
+    final_state = (accelerator.get_state_dict(trained) or {}) if launch is not None else full_state(trained)["tensors"] if sharded else None
+    policy_state = {k.removeprefix("policy."): v for k, v in final_state.items() if k.startswith("policy.")} if final_state is not None else None
     if procs.is_main:
         overoptimization_summary(out_dir, logger)
         if cfg.lora is not None:
             # The adapter alone (for peft users) and the merged model (what every alignscope command loads).
             model.save_pretrained(out_dir / "final" / "adapter", state_dict=policy_state)
-            if sharded:  # merged from the gathered tensors; the sharded policy lends its config
+            if policy_state is not None:  # merged from the gathered tensors; the sharded policy lends its config
                 model, policy_state = model.get_base_model(), merged_state(model, policy_state)
             else:
                 model = model.merge_and_unload()

@@ -1,32 +1,13 @@
-"""Sharded training (FSDP v2) for the offline loop and RL: which launches shard, gathering the whole model for
-forwards that each process runs on its own, and whole-model state for checkpoints, so runs of DDP, FSDP and one
-process resume one another."""
+"""Sharded training (FSDP v2) for the offline loop and RL: gathering the whole model for forwards that each process
+runs on its own, and whole-model state for checkpoints, so runs of DDP, FSDP and one process resume one another.
+Which launches shard, and forwards of a sharded model in step: `models.fsdp`; DeepSpeed ZeRO: `training.zero`."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
-
-from alignscope.errors import ConfigError
-
-
-def shards_model(accelerator, command: str, log: Callable[[str], None] = print) -> bool:
-    """Whether the launch shards the trained model (FSDP v2). FSDP v1 is refused: the gathers below are FSDP2's.
-    An FSDP config that accelerate runs as DDP (it does on CPUs) is said, since the memory it was meant to save is not."""
-    from accelerate.utils import DistributedType
-
-    if accelerator.distributed_type != DistributedType.FSDP:
-        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true"):
-            log(f"alignscope: {command}: the launch asks for FSDP but accelerate runs it as {accelerator.distributed_type.value} "
-                "(accelerate 1.16 shards only on accelerators, not on CPUs): every process holds the whole model")
-        return False
-    if not accelerator.is_fsdp2:
-        raise ConfigError(f"{command} runs under FSDP version 2 (torch's fully_shard) only, this config asks for version 1",
-                          "set fsdp_version: 2 in the accelerate config")
-    return True
 
 
 @contextlib.contextmanager
@@ -88,30 +69,3 @@ def load_full_state(root: torch.nn.Module, optimizer: torch.optim.Optimizer, ten
     named = {"state": {order[i]: v for i, v in optimizer_state["state"].items()},
              "param_groups": [{**group, "params": [order[i] for i in group["params"]]} for group in optimizer_state["param_groups"]]}
     set_state_dict(root, optimizer, model_state_dict=tensors, optim_state_dict=named, options=StateDictOptions(full_state_dict=True))
-
-
-@contextlib.contextmanager
-def sharded_forwards(root: torch.nn.Module) -> Iterator[None]:
-    """Under FSDP2, forwards of the model's inner modules outside the root's own forward (the reference pass,
-    evaluation): the root unit's weights (embeddings, final norm, head) are gathered for the block and each block
-    gathers its own as it runs, as in training, so a process never holds more than one block's whole weights above
-    its shards. Each block's gather is a collective, so every process must make the same forwards. Without FSDP,
-    nothing."""
-    from torch.distributed.fsdp import FSDPModule
-
-    if not isinstance(root, FSDPModule):
-        yield
-        return
-    root._get_fsdp_state()._lazy_init()  # the root claims its units before any of them runs a forward on its own
-    root.unshard()  # not recursive: the root unit's own weights only
-    try:
-        yield
-    finally:
-        root.reshard()
-
-
-def whole_tensor(t: torch.Tensor) -> torch.Tensor:
-    """A parameter's whole value: FSDP2 holds a shard of it (a DTensor; gathering it is a collective)."""
-    from torch.distributed.tensor import DTensor
-
-    return t.full_tensor() if isinstance(t, DTensor) else t
