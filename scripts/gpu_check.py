@@ -5,7 +5,8 @@ real CLI in its own process, with a table of what ran, how long it took and its 
     python scripts/gpu_check.py --device cpu --quick  # the same stages on a tiny model, a few steps: a dry run
 
 With 2 or more GPUs the training stages and GRPO (hf) run again as 2 processes (torchrun), and DPO, the CHES
-audit and GRPO (hf) once more with the model sharded (`accelerate launch`, examples/accelerate/fsdp_2gpu.yaml). A stage whose command
+audit and GRPO (hf) once more with the model sharded (`accelerate launch`, examples/accelerate/fsdp_2gpu.yaml), and DPO
+and GRPO (hf) partitioned by DeepSpeed ZeRO-3 (deepspeed_zero3.yaml) where deepspeed is installed. A stage whose command
 does not take an option yet (`--device`, `rollout_backend`) runs without it and says so; vLLM stages
 are skipped with the reason when vLLM is not installed.
 """
@@ -24,8 +25,10 @@ import time
 from pathlib import Path
 
 CLI = [sys.executable, "-m", "alignscope.cli.main"]
-FSDP = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-        str(Path(__file__).resolve().parents[1] / "examples" / "accelerate" / "fsdp_2gpu.yaml"), "-m", "alignscope.cli.main"]
+CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "accelerate"
+FSDP = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "fsdp_2gpu.yaml"), "-m", "alignscope.cli.main"]
+ZERO3 = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "deepspeed_zero3.yaml"), "-m",
+         "alignscope.cli.main"]
 
 
 @dataclasses.dataclass
@@ -201,6 +204,12 @@ def stages(args, work: Path, pairs: Path, sft: Path, prompts: Path) -> list[Stag
                                                          "--max-length", str(length), *dev_flags], ("sft",), procs=2, note=sharded))
             out.append(Stage("grpo-fsdp (hf)", FSDP + [a.replace(f"grpo_{backend}", "grpo-fsdp") for a in rl], ("sft", "rm"),
                              backend=backend, procs=2, note=sharded))
+            if importlib.util.find_spec("deepspeed") is not None:
+                zero3 = "the model partitioned over 2 GPUs (DeepSpeed ZeRO-3)"
+                dpo = train("dpo", "dpo-zero3", [f"model={sft_final}", f"data={pairs}"], 2)[0]
+                out.append(Stage("dpo-zero3", ZERO3 + dpo[dpo.index("train"):], ("sft",), procs=2, note=zero3))
+                out.append(Stage("grpo-zero3 (hf)", ZERO3 + [a.replace(f"grpo_{backend}", "grpo-zero3") for a in rl], ("sft", "rm"),
+                                 backend=backend, procs=2, note=zero3))
     return out
 
 

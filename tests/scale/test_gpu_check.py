@@ -30,8 +30,8 @@ def test_no_gpu_is_a_clear_error(tmp_path):
 
 
 def test_two_gpus_add_the_sharded_stages(tmp_path):
-    """On 2 GPUs DPO, the CHES audit and GRPO run once more with the model sharded, through accelerate's launcher and
-    the repo's FSDP config (only the stage list is checked here: no GPU)."""
+    """On 2 GPUs DPO, the CHES audit and GRPO run once more with the model sharded, and DPO and GRPO partitioned by
+    ZeRO-3, through accelerate's launcher and the repo's configs (only the stage list is checked here: no GPU)."""
     import argparse
     import importlib.util
 
@@ -41,11 +41,13 @@ def test_two_gpus_add_the_sharded_stages(tmp_path):
     spec.loader.exec_module(gpu_check)
     args = argparse.Namespace(quick=False, model="smollm2", device="cuda", dtype="bfloat16", gpus=2)
     staged = {st.name: st for st in gpu_check.stages(args, tmp_path, tmp_path / "p.jsonl", tmp_path / "s.jsonl", tmp_path / "q.jsonl")}
-    for name, words in (("dpo-fsdp", ["train", "dpo"]), ("audit data-fsdp", ["audit", "data"]), ("grpo-fsdp (hf)", ["train", "rl"])):
+    for name, words, kind in (("dpo-fsdp", ["train", "dpo"], "fsdp_version: 2"), ("audit data-fsdp", ["audit", "data"], "fsdp_version: 2"),
+                              ("grpo-fsdp (hf)", ["train", "rl"], "fsdp_version: 2"), ("dpo-zero3", ["train", "dpo"], "zero_stage: 3"),
+                              ("grpo-zero3 (hf)", ["train", "rl"], "zero_stage: 3")):
         st = staged[name]
         assert st.argv[:3] == [sys.executable, "-m", "accelerate.commands.launch"] and st.procs == 2
         config = Path(st.argv[st.argv.index("--config_file") + 1])
-        assert config.is_file() and "fsdp_version: 2" in config.read_text()
+        assert config.is_file() and kind in config.read_text()
         at = st.argv.index("alignscope.cli.main") + 1
         assert st.argv[at:at + 2] == words, st.argv
     assert "grpo-fsdp" in " ".join(staged["grpo-fsdp (hf)"].argv) and "dpo-fsdp" in " ".join(staged["dpo-fsdp"].argv)
