@@ -30,4 +30,8 @@ if __name__ == "__main__":
     DisplacementMonitor(EVAL).attach(trainer)
     trainer.train()
     if trainer.is_fsdp_enabled:
-        print(f"sharded: {type(trainer.model).__name__} and {type(trainer.ref_model).__name__}")
+        print(f"sharded: {type(trainer.model).__name__} and {type(trainer.ref_model).__name__}", flush=True)
+        # The Trainer leaves the process group to interpreter exit, where gloo's teardown can abort one process
+        # ("terminate called without an active exception") after everything is written: end it together instead.
+        trainer.accelerator.wait_for_everyone()
+        trainer.accelerator.end_training()
