@@ -64,7 +64,12 @@ def test_sharded_run_resumes_to_the_same_end(tmp_path, prompts):
     """Checkpoints hold the whole policy and optimizer state (gathered by every process, written by the main one, the
     optimizer's keyed by position as an unsharded run keys it): a sharded run resumed from one ends on the same
     weights, and so does a DDP run resumed from it."""
-    over = {"steps": 2, "save_steps": 1, "num_iterations": 1}
+    assert_resumes_to_the_same_end(tmp_path, prompts, {"steps": 2, "save_steps": 1, "num_iterations": 1}, (weights,))
+
+
+def assert_resumes_to_the_same_end(tmp_path, prompts, over: dict, loads) -> None:
+    """A 2-step sharded run, then copies of it cut back to checkpoint-1 resumed under FSDP and under DDP: each ends on
+    the tensors `loads` read from the whole run (within 1e-6), with the same losses."""
     whole = tmp_path / "whole"
     fsdp(options(prompts, whole, **over))
     for name, launch in (("fsdp", fsdp), ("ddp", ddp)):
@@ -74,9 +79,10 @@ def test_sharded_run_resumes_to_the_same_end(tmp_path, prompts):
         shutil.rmtree(resumed / "checkpoint-2")
         r = launch(["--resume", *options(prompts, resumed, **over)])
         assert "resumed from step 1" in r.stdout + r.stderr, name
-        wa, wb = weights(whole), weights(resumed)
-        for k, v in wa.items():
-            torch.testing.assert_close(wb[k], v, atol=1e-6, rtol=0, msg=f"{name}: {k}")
+        for load in loads:
+            wa, wb = load(whole), load(resumed)
+            for k, v in wa.items():
+                torch.testing.assert_close(wb[k], v, atol=1e-6, rtol=0, msg=f"{name}: {k}")
         assert [x["loss"] for x in rows(resumed)] == pytest.approx([x["loss"] for x in rows(whole)], abs=1e-6), name
 
 

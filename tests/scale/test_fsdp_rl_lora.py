@@ -6,7 +6,6 @@ DDP LoRA run's holds, resumes under FSDP and under DDP. Launched as in test_fsdp
 from __future__ import annotations
 
 import copy
-import shutil
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,7 +20,7 @@ from alignscope.training.lora import add_lora, merged_state
 from alignscope.training.rl import RLConfig, check_sharding
 
 from .test_distributed_rl import CLI, ENV, REPO, options, prompts, rows, weights  # noqa: F401 (prompts: a fixture)
-from .test_fsdp_rl import ddp, fsdp
+from .test_fsdp_rl import assert_resumes_to_the_same_end, fsdp
 
 LORA = {"lora.r": 4, "lora.alpha": 8}
 
@@ -87,18 +86,4 @@ def test_two_sharded_lora_processes_take_the_steps_one_process_takes(tmp_path, p
 def test_sharded_lora_run_resumes_to_the_same_end(tmp_path, prompts):
     """A checkpoint holds the whole peft model's tensors and the adapter's optimizer state, keyed as a DDP LoRA run keys
     them: resumed under FSDP and under DDP, the run ends on the same adapter and merged model (measured: identical)."""
-    over = {**LORA, "steps": 2, "save_steps": 1, "num_iterations": 1}
-    whole = tmp_path / "whole"
-    fsdp(options(prompts, whole, **over))
-    for name, launch in (("fsdp", fsdp), ("ddp", ddp)):
-        resumed = tmp_path / name
-        shutil.copytree(whole, resumed)
-        shutil.rmtree(resumed / "final")
-        shutil.rmtree(resumed / "checkpoint-2")
-        r = launch(["--resume", *options(prompts, resumed, **over)])
-        assert "resumed from step 1" in r.stdout + r.stderr, name
-        for load in (adapter, weights):
-            wa, wb = load(whole), load(resumed)
-            for k, v in wa.items():
-                torch.testing.assert_close(wb[k], v, atol=1e-6, rtol=0, msg=f"{name}: {k}")
-        assert [x["loss"] for x in rows(resumed)] == pytest.approx([x["loss"] for x in rows(whole)], abs=1e-6), name
+    assert_resumes_to_the_same_end(tmp_path, prompts, {**LORA, "steps": 2, "save_steps": 1, "num_iterations": 1}, (adapter, weights))
