@@ -126,19 +126,6 @@ def test_a_zero3_checkpoint_resumes_under_the_same_launch_only(tmp_path, pairs, 
     refused(r, "was written under DeepSpeed ZeRO-3 by 2 processes, this run is without DeepSpeed")
 
 
-def test_lora_under_zero3_takes_the_steps_one_process_takes(tmp_path, pairs):
-    one, two = tmp_path / "one", tmp_path / "two"
-    lora = {"lora.r": 4, "lora.alpha": 8, "save_steps": 100, "max_steps": 2}
-    a = one_process("dpo", options(pairs, one, batch_size=8, **lora))
-    assert a.returncode == 0, a.stderr[-3000:]
-    b = launch(3, "dpo", micro(pairs, two, **lora))
-    assert b.returncode == 0, b.stderr[-3000:]
-    for x, y in zip(rows(one), rows(two), strict=True):
-        assert y["loss"] == pytest.approx(x["loss"], rel=1e-4, abs=1e-5)
-    for name in ("adapter/adapter_model.safetensors", "model.safetensors"):
-        assert_same_tensors(load_file(str(one / "final" / name)), load_file(str(two / "final" / name)), WEIGHTS_ATOL)
-
-
 def test_a_deepspeed_config_that_disagrees_is_refused_with_exit_code_2(tmp_path, pairs):
     r = launch(2, "dpo", micro(pairs, tmp_path / "run"), "--gradient_accumulation_steps", "1")
     refused(r, "the DeepSpeed config disagrees with alignscope's settings: gradient_accumulation_steps 1 (alignscope's grad_accum is 2)")

@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 
-from .test_distributed_audits import CLI, ENV, REPO, audit, outputs, pairs  # noqa: F401 (pairs: a fixture)
+from .test_distributed_audits import CLI, REPO, audit, outputs, pairs  # noqa: F401 (pairs: a fixture)
 from .test_fsdp_rl import FSDP_ENV
 from .test_fsdp_train import free_port
 
@@ -29,16 +29,3 @@ def test_a_sharded_audit_writes_what_one_process_writes(tmp_path, pairs):
     manifest = json.loads((tmp_path / "two" / "alignscope.json").read_text())
     assert manifest["processes"] == 2 and manifest["sharded"] is True
     assert two.stdout.count("per-pair table:") == 1
-
-
-def test_an_fsdp_config_run_as_ddp_says_so_and_audits_the_same(tmp_path, pairs):
-    """Without the CPU launcher accelerate runs the FSDP config as plain data parallelism: said, and the same table."""
-    one = audit(CLI, pairs, tmp_path / "one", "--limit", "24")
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(), "-m", "alignscope.cli.main"]
-    two = subprocess.run(launch + ["audit", "data", "--model", "lab:tiny", "--data", str(pairs), "--out", str(tmp_path / "two"),
-                                   "--chunk-pairs", "8", "--batch-size", "4", "--filter", "drop:0.25", "--limit", "24"],
-                         env={**ENV, "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-2000:]
-    assert two.stdout.count("the launch asks for FSDP but accelerate runs it as MULTI_CPU") == 1
-    assert outputs(tmp_path / "one") == outputs(tmp_path / "two")
-    assert json.loads((tmp_path / "two" / "alignscope.json").read_text())["sharded"] is False

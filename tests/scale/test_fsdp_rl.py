@@ -67,12 +67,12 @@ def test_sharded_run_resumes_to_the_same_end(tmp_path, prompts):
     assert_resumes_to_the_same_end(tmp_path, prompts, {"steps": 2, "save_steps": 1, "num_iterations": 1}, (weights,))
 
 
-def assert_resumes_to_the_same_end(tmp_path, prompts, over: dict, loads) -> None:
-    """A 2-step sharded run, then copies of it cut back to checkpoint-1 resumed under FSDP and under DDP: each ends on
+def assert_resumes_to_the_same_end(tmp_path, prompts, over: dict, loads, launches=("fsdp", "ddp")) -> None:
+    """A 2-step sharded run, then copies of it cut back to checkpoint-1 resumed under each of `launches`: each ends on
     the tensors `loads` read from the whole run (within 1e-6), with the same losses."""
     whole = tmp_path / "whole"
     fsdp(options(prompts, whole, **over))
-    for name, launch in (("fsdp", fsdp), ("ddp", ddp)):
+    for name, launch in [(name, {"fsdp": fsdp, "ddp": ddp}[name]) for name in launches]:
         resumed = tmp_path / name
         shutil.copytree(whole, resumed)
         shutil.rmtree(resumed / "final")

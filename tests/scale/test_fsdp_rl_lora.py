@@ -85,5 +85,6 @@ def test_two_sharded_lora_processes_take_the_steps_one_process_takes(tmp_path, p
 
 def test_sharded_lora_run_resumes_to_the_same_end(tmp_path, prompts):
     """A checkpoint holds the whole peft model's tensors and the adapter's optimizer state, keyed as a DDP LoRA run keys
-    them: resumed under FSDP and under DDP, the run ends on the same adapter and merged model (measured: identical)."""
-    assert_resumes_to_the_same_end(tmp_path, prompts, {**LORA, "steps": 2, "save_steps": 1, "num_iterations": 1}, (adapter, weights))
+    them: resumed under DDP, the run ends on the same adapter and merged model (measured: identical, and so under FSDP)."""
+    assert_resumes_to_the_same_end(tmp_path, prompts, {**LORA, "steps": 2, "save_steps": 1, "num_iterations": 1}, (adapter, weights),
+                                   launches=("ddp",))  # the sharded resume itself: test_fsdp_rl.py
