@@ -42,7 +42,7 @@ ROW_CONVENTION = ("row = 1-based position of the record among the valid records 
                   "in file order (the record number when no row was rejected)")
 
 # Per-step logs that a resumed run truncates to its checkpoint's step and a fresh run starts empty.
-STEP_LOGS = (METRICS, EVAL_LOGPS, DISPLACEMENT, PITFALLS, REWARD_VARIANCE_STEPS, RL_METRICS)
+STEP_LOGS = (METRICS, EVAL_LOGPS, DISPLACEMENT, PITFALLS, REWARD_VARIANCE_STEPS, RL_METRICS, COMPLETIONS)
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:

@@ -67,8 +67,8 @@ def test_interrupted_rl_run_resumes_exactly(tmp_path, lab_tiny):
 
     def dying_gold(prompts, responses):
         calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt  # a kill in the middle of step 5
+        if calls["n"] == 6:
+            raise KeyboardInterrupt  # a kill in the middle of step 6, after step 5 logged its samples
         return gold_rewards(prompts, responses)
 
     model, tok, cfg = rl(tmp_path, lab_tiny, "full", steps=6, save_steps=2, algorithm="grpo")
@@ -87,6 +87,9 @@ def test_interrupted_rl_run_resumes_exactly(tmp_path, lab_tiny):
     assert len(a) == len(b) == 6
     for x, y in zip(a, b):
         assert json.loads(x)["loss"] == pytest.approx(json.loads(y)["loss"], abs=1e-6)
+    # The samples of step 5, logged before the kill, are cut back with the checkpoint (step 4), not appended twice.
+    steps = [[json.loads(line)["step"] for line in (tmp_path / run / "completions.jsonl").read_text().splitlines()] for run in ("full", "killed")]
+    assert steps[0] == steps[1] and 5 in steps[0]
 
 
 def test_ppo_clips_against_the_rollout_policy():
