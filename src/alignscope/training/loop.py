@@ -40,7 +40,7 @@ from alignscope.training.config import TrainConfig
 from alignscope.training.items import Item
 from alignscope.training.methods import Context, method_for
 from alignscope.models.device import Placement, load_placed, load_placed_model, use_device
-from alignscope.training.lora import add_lora, merged_state
+from alignscope.training.lora import add_lora, save_adapter_and_merge
 from alignscope.training.methods.base import Seq
 from alignscope.training.metrics import MetricsLogger
 from alignscope.models.fsdp import sharded_forwards, shards_model, whole_tensor
@@ -452,16 +452,10 @@ def train(
         with ckpt.atomic_folder(out_dir / "final", f"checkpoint-{total_steps}") as folder:
             tensors = whole.get("tensors")
             if cfg.lora is not None:
-                # The adapter alone (for peft users) and the merged model (what every alignscope command loads).
-                lm = final.lm
                 lm_state = None if tensors is None else {k.removeprefix("lm."): v for k, v in tensors.items() if k.startswith("lm.")}
-                lm.save_pretrained(folder / "adapter", state_dict=lm_state)
-                if tensors is not None:  # FSDP, DeepSpeed: merged from the gathered tensors; the partitioned model lends its config
-                    tensors = {**tensors, **{f"lm.{k}": v for k, v in merged_state(lm, lm_state).items()}}
-                    tensors = {k: v for k, v in tensors.items() if not k.startswith("lm.base_model.")}
-                    final.lm = lm.get_base_model()
-                else:
-                    final.lm = lm.merge_and_unload()
+                final.lm, merged = save_adapter_and_merge(final.lm, folder / "adapter", lm_state)
+                if merged is not None:  # FSDP, DeepSpeed: the merged LM's tensors beside the rest (a reward model's head)
+                    tensors = {**{k: v for k, v in tensors.items() if not k.startswith("lm.")}, **{f"lm.{k}": v for k, v in merged.items()}}
             method.save(final, folder, tensors)
             tokenizer.save_pretrained(folder)
         metrics_log.close()

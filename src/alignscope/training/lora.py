@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 
@@ -45,3 +46,15 @@ def merged_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict
     twin.load_state_dict(state, assign=True)
     twin.tie_weights()  # assigned one by one, tied weights come apart: a model saved with both would differ from a DDP run's
     return twin.merge_and_unload().state_dict()
+
+
+def save_adapter_and_merge(model: torch.nn.Module, adapter_dir: Path, state: dict[str, torch.Tensor] | None = None
+                           ) -> tuple[torch.nn.Module, dict[str, torch.Tensor] | None]:
+    """Write the adapter alone to `adapter_dir` (for peft users) and return the merged model that every alignscope
+    command loads, with the tensors to save it from: where the policy holds shards (FSDP, DeepSpeed), `state` is its
+    gathered whole state and the merge is `merged_state`'s (the sharded model lends its config); else peft merges
+    the live model and its own tensors are saved (None)."""
+    model.save_pretrained(adapter_dir, state_dict=state)
+    if state is None:
+        return model.merge_and_unload(), None
+    return model.get_base_model(), merged_state(model, state)

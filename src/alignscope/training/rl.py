@@ -53,7 +53,7 @@ from alignscope.rollout.generation import GenerationConfig, generate
 from alignscope.rollout.vllm import VLLMGenerator
 from alignscope.training import checkpoint as ckpt
 from alignscope.training.config import ALGORITHMS, RewardSpec, RLConfig  # noqa: F401 (re-exported: alignscope.training.rl.RLConfig)
-from alignscope.training.lora import add_lora, merged_state
+from alignscope.training.lora import add_lora, save_adapter_and_merge
 from alignscope.training.metrics import MetricsLogger
 from alignscope.training.run_dir import owns_output_dir
 from alignscope.training.sharding import full_state, load_full_state, whole_policy
@@ -388,15 +388,15 @@ def train_rl(
                           + (f" in calls of generation_batch_size {cfg.generation_batch_size}" if cfg.generation_batch_size else ""),
                           f"make prompts_per_step a multiple of {procs.world} x generation_batch_size")
     say = log if procs.is_main else (lambda *a, **k: None)
+    reference_is = ("the policy with its LoRA adapter disabled" if cfg.lora is not None else
+                    f"a whole frozen copy on every process{' (on the CPU: ref_offload)' if cfg.ref_offload else ''}")
     if sharded:
         say(f"FSDP: the policy is sharded over {procs.world} processes and gathered whole for sampling; the reference is "
-            + ("the policy with its LoRA adapter disabled, gathered whole for its pass" if cfg.lora is not None else
-               f"a whole frozen copy on every process{' (on the CPU: ref_offload)' if cfg.ref_offload else ''}"))
+            + reference_is + (", gathered whole for its pass" if cfg.lora is not None else ""))
     if launch is not None:
         say(f"DeepSpeed ZeRO-{launch['zero_stage']} over {procs.world} processes: "
             + ("the policy is partitioned and gathered whole for sampling; " if launch["zero_stage"] == 3 else "")
-            + ("the reference is the policy with its LoRA adapter disabled" if cfg.lora is not None else
-               f"the reference is a whole frozen copy on every process{' (on the CPU: ref_offload)' if cfg.ref_offload else ''}"))
+            + "the reference is " + reference_is)
     with unpartitioned_loading(accelerator):
         rewards = build_rewards(cfg, reward, placement)
         if gold is None and cfg.gold:
@@ -750,12 +750,7 @@ def train_rl(
     if procs.is_main:
         overoptimization_summary(out_dir, logger)
         if cfg.lora is not None:
-            # The adapter alone (for peft users) and the merged model (what every alignscope command loads).
-            model.save_pretrained(out_dir / "final" / "adapter", state_dict=policy_state)
-            if policy_state is not None:  # merged from the gathered tensors; the sharded policy lends its config
-                model, policy_state = model.get_base_model(), merged_state(model, policy_state)
-            else:
-                model = model.merge_and_unload()
+            model, policy_state = save_adapter_and_merge(model, out_dir / "final" / "adapter", policy_state)
         model.save_pretrained(out_dir / "final", state_dict=policy_state)
         tokenizer.save_pretrained(out_dir / "final")
     logger.close()
