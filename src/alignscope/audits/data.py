@@ -154,10 +154,15 @@ def audit_in_chunks(
     return DataAudit(rows, dataset_findings(pairs, rows), TokenizeStats(counts))
 
 
+def pair_costs(p_ids: list[list[int]], r_ids: list[list[int]]) -> list[int]:
+    """Tokens each pair (sequences 2i, 2i+1) puts through the model: its prompt once, both responses."""
+    return [len(p_ids[2 * i]) + len(r_ids[2 * i]) + len(r_ids[2 * i + 1]) for i in range(len(p_ids) // 2)]
+
+
 def scoring_plan(p_ids: list[list[int]], r_ids: list[list[int]], *, batch_size: int, chunk_pairs: int | None = None) -> list[list[int]]:
     """The pieces (sequence indices) `score_with_token_progress` scores, longest pairs first."""
     n_pairs = len(p_ids) // 2
-    cost = [len(p_ids[2 * i]) + len(r_ids[2 * i]) + len(r_ids[2 * i + 1]) for i in range(n_pairs)]
+    cost = pair_costs(p_ids, r_ids)
     order = sorted(range(n_pairs), key=lambda i: -cost[i])
     step = chunk_pairs or max(1, 4 * batch_size)
     return [[2 * i + k for i in order[start:start + step] for k in (0, 1)] for start in range(0, n_pairs, step)]
@@ -176,21 +181,19 @@ def score_with_token_progress(model, p_ids: list[list[int]], r_ids: list[list[in
     progress bar counted in tokens: cost grows with length, so a bar counted in batches of sorted
     lengths gives an ETA that starts far too optimistic. Longest first also meets an out-of-memory
     batch at once, not at the end. `forwards`: at least this many forwards (see `score_sequences`)."""
-    plan = scoring_plan(p_ids, r_ids, batch_size=batch_size, chunk_pairs=chunk_pairs)
-    cost = [sum(len(p_ids[j]) + len(r_ids[j]) for j in seq) - sum(len(p_ids[j]) for j in seq[1::2]) for seq in plan]
+    cost = pair_costs(p_ids, r_ids)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=sum(cost), desc=desc, disable=desc is None, unit="tok", unit_scale=True)
     parts: list[tuple[list[int], ScoreOutput]] = []
-    made = 0
     try:
-        for seq, c in zip(plan, cost):
-            made += len(scoring_batches([p_ids[j] for j in seq], [r_ids[j] for j in seq], batch_size))
+        for seq in scoring_plan(p_ids, r_ids, batch_size=batch_size, chunk_pairs=chunk_pairs):
             parts.append((seq, score_sequences(model, [p_ids[j] for j in seq], [r_ids[j] for j in seq], pad_id=pad_id,
                                                batch_size=batch_size, return_hidden=True)))
-            bar.update(c)
-        if forwards > made:
-            score_sequences(model, [], [], pad_id=pad_id, forwards=forwards - made)
+            bar.update(sum(cost[j // 2] for j in seq[::2]))
+        if forwards:  # stand-ins up to the count the other processes make
+            score_sequences(model, [], [], pad_id=pad_id,
+                            forwards=forwards - forwards_of(p_ids, r_ids, batch_size=batch_size, chunk_pairs=chunk_pairs))
     finally:
         bar.close()
     if not parts:
