@@ -39,7 +39,7 @@ the selected prompts holds up as the policy moves (docs/trl.md).
 
 Both monitors record on the main process only. Under FSDP (v2) the displacement monitor scores the
 sharded policy and reference on every process, each gathering the weights block by block as in
-training (`training.sharding.sharded_forwards`), with the same forwards on each, and the main process
+training (`models.fsdp.sharded_forwards`), with the same forwards on each, and the main process
 writes; it refuses FSDP v1 and DeepSpeed ZeRO-3. Under data parallelism the reward monitor sees the
 main process's share of each generation batch.
 """
@@ -202,9 +202,8 @@ class DisplacementMonitor(TrainerCallback):
             """Sharded: every process scores its share of the pairs in step with the others (and the main one joins them)."""
             say = self.say if self.main else (lambda *a: None)
             with sharded_forwards(root):
-                if self.sharded:
-                    return compute_reference_logps(cfg, model, pairs, self.pad_id, cache, say, self.trainer.accelerator, lockstep=True)
-                return compute_reference_logps(cfg, model, pairs, self.pad_id, cache, say)
+                return compute_reference_logps(cfg, model, pairs, self.pad_id, cache, say,
+                                               self.trainer.accelerator if self.sharded else None, lockstep=self.sharded)
 
         ref = getattr(self.trainer, "ref_model", None)
         if ref is not None:
