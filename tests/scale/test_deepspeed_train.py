@@ -103,6 +103,8 @@ def test_zero2_with_grad_accum_takes_the_steps_one_process_takes(tmp_path, pairs
 def test_zero3_with_grad_accum_and_evaluation_takes_the_steps_one_process_takes(single, zero3):
     same_run(single, zero3)
     assert (zero3 / "checkpoint-4" / "deepspeed" / "zero").is_dir()  # DeepSpeed's own partitioned optimizer state
+    # The reference cache is keyed by the weights, gathered from ZeRO-3's partitions: the one-process run's keys.
+    assert sorted(p.name for p in (zero3 / "ref_cache").iterdir()) == sorted(p.name for p in (single / "ref_cache").iterdir())
 
 
 def test_a_zero3_checkpoint_resumes_under_the_same_launch_only(tmp_path, pairs, zero3):

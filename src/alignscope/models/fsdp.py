@@ -50,7 +50,15 @@ def sharded_forwards(root: torch.nn.Module) -> Iterator[None]:
 
 
 def whole_tensor(t: torch.Tensor) -> torch.Tensor:
-    """A parameter's whole value: FSDP2 holds a shard of it (a DTensor; gathering it is a collective)."""
+    """A parameter's whole value: FSDP2 holds a shard of it (a DTensor), DeepSpeed ZeRO-3 an empty placeholder whose
+    partitions the processes hold (marked by `ds_id`). Gathering either is a collective: every process calls it."""
     from torch.distributed.tensor import DTensor
 
-    return t.full_tensor() if isinstance(t, DTensor) else t
+    if isinstance(t, DTensor):
+        return t.full_tensor()
+    if hasattr(t, "ds_id"):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([t]):
+            return t.detach().clone()
+    return t
