@@ -168,6 +168,14 @@ def run(out: str | Path, seed: int = 0, quick: bool = False, log=print) -> dict:
     return results
 
 
+def scatter_gains(ax, rows: list[dict], key: str, xlabel: str, ylabel: str) -> None:
+    """Each teacher's gold gain against one of its measures (`key`), labelled with the teacher's name."""
+    ax.scatter([x[key] for x in rows], [x["gold_gain"] for x in rows])
+    for x in rows:
+        ax.annotate(x["rm"], (x[key], x["gold_gain"]), fontsize=7)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+
+
 def plot(r: dict, out: Path) -> None:
     plt = pyplot()
 
@@ -175,10 +183,7 @@ def plot(r: dict, out: Path) -> None:
     fig, ax = plt.subplots(1, 4, figsize=(20, 4.2))
     for a, key, label in ((ax[0], "raw_variance", "reward variance under the SFT policy (raw)"),
                           (ax[1], "onpolicy_accuracy", "on-policy accuracy")):
-        a.scatter([x[key] for x in rows], [x["gold_gain"] for x in rows])
-        for x in rows:
-            a.annotate(x["rm"], (x[key], x["gold_gain"]), fontsize=7)
-        a.set(xlabel=label, ylabel=f"gold-reward gain after {r['rl']['steps']} RLOO steps")
+        scatter_gains(a, rows, key, label, f"gold-reward gain after {r['rl']['steps']} RLOO steps")
     ax[0].set_xscale("log")
     ax[0].set_title(f"Pearson {r['pearson']['variance_vs_gold_gain']:+.2f}")
     ax[1].set_title(f"Pearson {r['pearson']['accuracy_vs_gold_gain']:+.2f}")

@@ -71,7 +71,7 @@ from alignscope.world.gold import NoisyGold, ScaledGold
 from alignscope.world.language import prompt_content
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from exp2_teachers import multiple_r, pearson  # noqa: E402  (the lab version's fits, reused as they are)
+from exp2_teachers import multiple_r, pearson, scatter_gains  # noqa: E402  (the lab version's fits, reused as they are)
 
 QUESTION = "What is {a} + {b}? Answer with the number only."
 ASKED = re.compile(r"What is (\d+) \+ (\d+)\?")
@@ -261,10 +261,7 @@ def plot(r: dict, path: Path) -> None:
     title = lambda key: f"Pearson {c[key]:+.2f}" if key in c else ""  # noqa: E731
     for a, key, label in ((ax[0], "raw_variance", "reward variance under the initial policy (raw)"),
                           (ax[1], "onpolicy_accuracy", "on-policy accuracy")):
-        a.scatter([x[key] for x in rows], [x["gold_gain"] for x in rows])
-        for x in rows:
-            a.annotate(x["rm"], (x[key], x["gold_gain"]), fontsize=7)
-        a.set(xlabel=label, ylabel=f"held-out gold gain after {last} RLOO steps")
+        scatter_gains(a, rows, key, label, f"held-out gold gain after {last} RLOO steps")
     ax[0].set_title(title("variance_vs_gold_gain"))
     ax[0].set_xscale("symlog", linthresh=1e-4)
     ax[1].set_title(title("accuracy_vs_gold_gain"))
